@@ -1,0 +1,41 @@
+"""`python -m wsa_lab [overrides]`: the Hydra entry point. Thin on purpose: `main(cfg)` calls `train(cfg)`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from wsa_lab.config import config_dir
+from wsa_lab.errors import WsaLabError
+from wsa_lab.train import train
+
+log = logging.getLogger("wsa_lab")
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        summary = train(cfg)
+    except (WsaLabError, OmegaConfBaseException) as exc:
+        # One clear line instead of a traceback (Hydra's convention: HYDRA_FULL_ERROR=1 shows it).
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # in a sweep, let the launcher record this job as failed and go on with the others
+        print(f"wsa_lab: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    log.info("done: eval/greedy_ratio=%.3f in %s", summary["eval/greedy_ratio"], HydraConfig.get().runtime.output_dir)
+    return summary["eval/greedy_ratio"]  # the objective a Hydra sweeper would optimise
+
+
+def entry() -> None:
+    main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Config plumbing: where `conf/` is, OmegaConf resolvers, and start-up validation of the composed config."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from wsa_lab.envs import CoverageEnv
+from wsa_lab.errors import ConfigError
+from wsa_lab.models import build_actor_critic
+from wsa_lab.rl.config import PPOConfig
+from wsa_lab.schema import structured, unknown_key_error
+
+ROOT_KEYS = (
+    "name", "phase", "seed", "device", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
+    "paths", "evaluation", "checkpoint",
+)
+
+
+def config_dir() -> Path:
+    """`conf/` shipped inside the wheel (wsa_lab/conf), else the repository's `conf/` (editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise ConfigError(f"cannot find wsa_lab's conf/ folder next to {here}; reinstall with `pip install -e .`")
+
+
+def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> list[dict[str, Any]]:
+    """`${wsa_lab.ptm_list:${ptm},${ptm_count}}`: the `ptm` group's entries in order, the first `count` if set."""
+    entries = list(OmegaConf.to_container(pool, resolve=True).values()) if isinstance(pool, DictConfig) else list((pool or {}).values())
+    return entries if count is None else entries[: int(count)]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("wsa_lab.ptm_list"):
+        OmegaConf.register_new_resolver("wsa_lab.ptm_list", ptm_list)
+
+
+register_resolvers()
+
+
+@dataclass
+class EvaluationConfig:
+    interval: int = 4  # evaluate every N PPO iterations (and after the last)
+    num_instances: int = 32  # held-out instances, the same for every run (fixed seed)
+    seed: int = 12345  # seed of the held-out instance set (not the run's seed)
+    radius_grid: int = 11  # radii tried by the greedy reference policy
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = 4  # write checkpoints/last.pt every N PPO iterations (and after the last)
+
+
+@dataclass
+class ConsoleConfig:
+    progress_bar: bool = True
+
+
+def check_kwargs(target: Callable[..., Any], node: DictConfig, where: str, passed_in_code: tuple[str, ...] = ()) -> None:
+    """Fail on keys that `target` (a `_target_`) does not take, before instantiate turns them into a TypeError."""
+    params = inspect.signature(target).parameters
+    accepted = [p for p in params if p not in passed_in_code]
+    for key in node:
+        if key == "_target_":
+            continue
+        if key in passed_in_code:
+            raise ConfigError(f"{where}.{key} is set by wsa_lab itself; remove it from the config")
+        if key not in params:
+            raise unknown_key_error(key, accepted, where)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
+
+
+@dataclass
+class RunSettings:
+    """The validated, typed sections of a run's config that are not `_target_`s."""
+
+    algo: PPOConfig
+    evaluation: EvaluationConfig
+    checkpoint: CheckpointConfig
+
+
+def validate(cfg: DictConfig) -> RunSettings:
+    """Start-up checks, each failing with one line that names the key and the fix."""
+    for key in cfg:
+        if key not in ROOT_KEYS:
+            raise unknown_key_error(key, list(ROOT_KEYS), "config")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {cfg.seed!r}")
+    settings = RunSettings(
+        algo=structured(PPOConfig, cfg.algo, "algo"),
+        evaluation=structured(EvaluationConfig, cfg.evaluation, "evaluation"),
+        checkpoint=structured(CheckpointConfig, cfg.checkpoint, "checkpoint"),
+    )
+    for name, sub in (cfg.logger or {}).items():
+        if name == "console":
+            structured(ConsoleConfig, sub, "logger.console")
+    pool = cfg.get("ptm") or {}
+    wsa = cfg.actor_critic.wsa
+    if cfg.ptm_count is not None:
+        if not isinstance(cfg.ptm_count, int) or not 1 <= cfg.ptm_count <= len(pool):
+            raise ConfigError(
+                f"ptm_count={cfg.ptm_count} must be an integer between 1 and the pool size {len(pool)} "
+                f"(pool: {list(pool)})"
+            )
+    if wsa.get("enabled", True) and pool and not OmegaConf.is_interpolation(wsa, "pretrained_models"):
+        raise ConfigError(
+            "both ptm=[...] and actor_critic.wsa.pretrained_models are set; use one: ptm=[] with an explicit "
+            "pretrained_models list, or remove the list"
+        )
+    check_kwargs(CoverageEnv, cfg.env, "env", ("num_envs", "seed", "device", "autoreset"))
+    check_kwargs(build_actor_critic, cfg.actor_critic, "actor_critic", ("node_feature_dim", "image_size"))
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"output folder {out} is not writable; set hydra.run.dir to a writable folder")
+    return settings

@@ -1,0 +1,33 @@
+"""Facility-coverage environments on spatial kNN graphs (batched torch + gymnasium)."""
+
+import gymnasium
+
+from .coverage import CoverageEnv
+from .gym_env import CoverageGymEnv
+from .instances import generate_instances, knn_neighbors
+from .observation import NODE_FEATURE_DIM, NODE_FEATURE_NAMES, CoverageObs
+from .policies import greedy_action, greedy_returns, random_action, random_returns, run_episodes
+from .render import render_image
+
+GYM_ENV_ID = "wsa_lab/Coverage-v0"
+
+# Guard: re-registering an id makes gymnasium warn (e.g. on importlib.reload).
+if GYM_ENV_ID not in gymnasium.registry:
+    gymnasium.register(id=GYM_ENV_ID, entry_point="wsa_lab.envs.gym_env:CoverageGymEnv")
+
+__all__ = [
+    "GYM_ENV_ID",
+    "NODE_FEATURE_DIM",
+    "NODE_FEATURE_NAMES",
+    "CoverageEnv",
+    "CoverageGymEnv",
+    "CoverageObs",
+    "generate_instances",
+    "greedy_action",
+    "greedy_returns",
+    "knn_neighbors",
+    "random_action",
+    "random_returns",
+    "render_image",
+    "run_episodes",
+]

@@ -1,0 +1,318 @@
+"""Batched facility-coverage environment with a hybrid (node, radius) action.
+
+Every environment of the batch is an independent instance: N demand nodes in the unit
+square. At each step the agent opens a site at a node with a radius; nodes within that
+radius become covered. Reward = newly covered demand - cost * r^2. An episode terminates
+after ``num_sites`` (K) steps or as soon as all demand is covered.
+
+All dynamics are tensor ops over the batch dim B; there is no Python loop over envs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .geometry import squared_distances, within_radius
+from .instances import generate_instances, knn_neighbors
+from .observation import NODE_FEATURE_DIM, CoverageObs
+from .render import render_image
+
+
+class CoverageEnv:
+    """Batched torch facility-coverage environment.
+
+    State (all ``[B, ...]`` on ``device``): ``pos`` ``[B, N, 2]``, ``demand`` ``[B, N]``,
+    ``neighbors`` ``[B, N, k]``, ``covered`` ``[B, N]`` bool, ``is_site`` ``[B, N]`` bool,
+    ``site_radius`` ``[B, N]`` (0 where not a site), ``t`` ``[B]`` long,
+    ``episode_return`` ``[B]``, ``ended`` ``[B]`` bool (only ever True with
+    ``autoreset=False``: the env finished its episode and waits for a reset).
+
+    Args:
+        num_envs: batch size B of freshly generated instances.
+        num_nodes: nodes per generated instance N.
+        num_sites: sites per episode K (episode length without early termination).
+        num_clusters, cluster_std, background_frac: instance generator parameters
+            (see :func:`generate_instances`).
+        knn_k: neighbours per node in the observation graph.
+        r_min, r_max: an action radius ``a`` maps to ``r_min + clamp(a, 0, 1) * (r_max - r_min)``.
+        cost: price per squared radius.
+        image_size: side of the rendered observation image.
+        max_episode_steps: optional time limit; when ``< K`` an episode reaching it is
+            truncated (not terminated).
+        autoreset: replace ended envs by fresh instances within the same ``step``.
+        device: device of all state tensors.
+        seed: seed of the env's own ``torch.Generator`` (instances for ``reset``/autoreset).
+    """
+
+    node_feature_dim: int = NODE_FEATURE_DIM
+
+    def __init__(
+        self,
+        num_envs: int = 16,
+        num_nodes: int = 50,
+        num_sites: int = 5,
+        num_clusters: int = 3,
+        cluster_std: float = 0.08,
+        background_frac: float = 0.3,
+        knn_k: int = 8,
+        r_min: float = 0.05,
+        r_max: float = 0.4,
+        cost: float = 1.0,
+        image_size: int = 32,
+        max_episode_steps: int | None = None,
+        autoreset: bool = True,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if num_sites < 1:
+            raise ValueError(f"num_sites must be >= 1, got {num_sites}")
+        if knn_k < 1:
+            raise ValueError(f"knn_k must be >= 1, got {knn_k}")
+        self._check_num_nodes(num_nodes, num_sites, knn_k)
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be >= 1, got {num_clusters}")
+        if cluster_std < 0:
+            raise ValueError(f"cluster_std must be >= 0, got {cluster_std}")
+        if not 0.0 <= background_frac <= 1.0:
+            raise ValueError(f"background_frac must be in [0, 1], got {background_frac}")
+        if r_min < 0:
+            raise ValueError(f"r_min must be >= 0, got {r_min}")
+        if r_min > r_max:
+            raise ValueError(f"r_min must be <= r_max, got r_min={r_min} > r_max={r_max}")
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        if image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {image_size}")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be None or >= 1, got {max_episode_steps}")
+
+        self.num_envs = num_envs
+        self.num_nodes = num_nodes
+        self.num_sites = num_sites
+        self.num_clusters = num_clusters
+        self.cluster_std = cluster_std
+        self.background_frac = background_frac
+        self.knn_k = knn_k
+        self.r_min = float(r_min)
+        self.r_max = float(r_max)
+        self.cost = float(cost)
+        self.image_size = image_size
+        self.max_episode_steps = max_episode_steps
+        self.autoreset = autoreset
+        self.device = torch.device(device)
+        self.seed = seed
+        # reset(instances=...) may change B and N; a plain reset() returns to these.
+        self._default_num_envs = num_envs
+        self._default_num_nodes = num_nodes
+        # Instances are sampled on the CPU (then moved): same seed -> same instances on any device.
+        self._generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.reset()
+
+    # ------------------------------------------------------------------ helpers
+    def _check_num_nodes(self, num_nodes: int, num_sites: int, knn_k: int) -> None:
+        if knn_k >= num_nodes:
+            raise ValueError(f"knn_k must be < num_nodes, got knn_k={knn_k} >= num_nodes={num_nodes}")
+        if num_sites >= num_nodes:
+            raise ValueError(
+                f"num_sites must be < num_nodes, got num_sites={num_sites} >= num_nodes={num_nodes}"
+            )
+
+    def physical_radius(self, radius: Tensor) -> Tensor:
+        """Map action radii in ``[0, 1]`` (clamped) to physical radii in ``[r_min, r_max]``.
+
+        Shapes:
+            - input/output: any shape, float32
+        """
+        a = radius.to(device=self.device, dtype=torch.float32).clamp(0.0, 1.0)
+        return self.r_min + a * (self.r_max - self.r_min)
+
+    def _sample(self, count: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Fresh (pos [count,N,2], demand [count,N], neighbors [count,N,k]) from the env's generator."""
+        pos, demand = generate_instances(
+            count,
+            self.num_nodes,
+            num_clusters=self.num_clusters,
+            cluster_std=self.cluster_std,
+            background_frac=self.background_frac,
+            generator=self._generator,
+            device=self.device,
+        )
+        return pos, demand, knn_neighbors(pos, self.knn_k)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The env's own instance generator (its state goes into checkpoints)."""
+        return self._generator
+
+    @property
+    def action_mask(self) -> Tensor:
+        """True where a node may be chosen (not yet a site). Shapes: ``[B, N]`` bool."""
+        return ~self.is_site
+
+    # ------------------------------------------------------------------ API
+    def reset(
+        self, seed: int | None = None, instances: tuple[Tensor, Tensor] | None = None
+    ) -> CoverageObs:
+        """Start new episodes in every env.
+
+        Args:
+            seed: if given, reseed the env's generator first.
+            instances: fixed ``(pos [B, N, 2], demand [B, N])``; the batch size (and node
+                count) then follow these tensors until the next reset without instances.
+                Otherwise ``num_envs`` instances of ``num_nodes`` nodes are sampled.
+        """
+        if seed is not None:
+            self.seed = seed
+            self._generator.manual_seed(seed)
+        if instances is None:
+            self.num_envs, self.num_nodes = self._default_num_envs, self._default_num_nodes
+            self.pos, self.demand, self.neighbors = self._sample(self.num_envs)
+        else:
+            pos, demand = instances
+            if pos.dim() != 3 or pos.shape[-1] != 2 or demand.shape != pos.shape[:2]:
+                raise ValueError(
+                    "instances must be (pos [B, N, 2], demand [B, N]), got shapes "
+                    f"{tuple(pos.shape)} and {tuple(demand.shape)}"
+                )
+            if pos.shape[0] < 1:
+                raise ValueError("instances must hold at least one instance")
+            if (demand < 0).any():
+                raise ValueError("instance demand must be >= 0")
+            self._check_num_nodes(pos.shape[1], self.num_sites, self.knn_k)
+            self.num_envs, self.num_nodes = pos.shape[0], pos.shape[1]
+            self.pos = pos.to(device=self.device, dtype=torch.float32).clone()
+            self.demand = demand.to(device=self.device, dtype=torch.float32).clone()
+            self.neighbors = knn_neighbors(self.pos, self.knn_k)
+
+        B, N = self.num_envs, self.num_nodes
+        self.covered = torch.zeros(B, N, dtype=torch.bool, device=self.device)
+        self.is_site = torch.zeros(B, N, dtype=torch.bool, device=self.device)
+        self.site_radius = torch.zeros(B, N, device=self.device)
+        self.t = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.episode_return = torch.zeros(B, device=self.device)
+        self.ended = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self._terminated = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self._truncated = torch.zeros(B, dtype=torch.bool, device=self.device)
+        return self.observe()
+
+    def observe(self) -> CoverageObs:
+        """Observation of the current state (see :class:`CoverageObs` for the fields)."""
+        B, N = self.num_envs, self.num_nodes
+        steps_left = ((self.num_sites - self.t).float() / self.num_sites).view(B, 1).expand(B, N)
+        node_features = torch.stack(
+            [
+                self.demand * N,
+                self.covered.float(),
+                self.is_site.float(),
+                self.pos[..., 0],
+                self.pos[..., 1],
+                steps_left,
+            ],
+            dim=-1,
+        )
+        image = render_image(
+            self.pos, self.demand, self.covered, self.site_radius, self.image_size, self.num_sites
+        )
+        return CoverageObs(
+            node_features=node_features,
+            neighbors=self.neighbors,  # shared, never modified in place (see _reset_envs)
+            action_mask=~self.is_site,
+            image=image,
+        )
+
+    def step(
+        self, node: Tensor, radius: Tensor
+    ) -> tuple[CoverageObs, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Open one site per env.
+
+        Args:
+            node: chosen site node per env (masked nodes are allowed: they re-add a disc).
+            radius: action radius per env, clamped to ``[0, 1]``.
+
+        Returns:
+            ``(obs, reward, terminated, truncated, info)``. ``info`` holds
+            ``episode_return`` and ``episode_length`` (meaningful where
+            ``terminated | truncated``) and ``final_obs``: the full-batch observation
+            before any autoreset (the returned ``obs`` itself when nothing was reset).
+            With ``autoreset=False``, ended envs get reward 0 and keep their flags.
+
+        Shapes:
+            - input: ``node`` ``[B]`` long, ``radius`` ``[B]``
+            - output: reward ``[B]`` float32, terminated/truncated ``[B]`` bool,
+              info tensors ``[B]``
+        """
+        B, N = self.num_envs, self.num_nodes
+        node = node.to(self.device).reshape(-1).long()
+        radius = radius.to(self.device).reshape(-1)
+        if node.shape[0] != B or radius.shape[0] != B:
+            raise ValueError(
+                f"node and radius must have {B} entries, got {node.shape[0]} and {radius.shape[0]}"
+            )
+        if bool(((node < 0) | (node >= N)).any()):
+            raise ValueError(f"node indices must be in [0, {N - 1}]")
+
+        active = ~self.ended
+        arange = torch.arange(B, device=self.device)
+        r = self.physical_radius(radius)  # [B]
+
+        # O(B * N): distances from each env's chosen site to the nodes of its instance.
+        site_pos = self.pos[arange, node].unsqueeze(1)  # [B, 1, 2]
+        in_disc = within_radius(squared_distances(site_pos, self.pos).squeeze(1), r.unsqueeze(1))
+        newly = in_disc & ~self.covered & active.unsqueeze(1)
+        gain = (self.demand * newly).sum(dim=1)
+        reward = torch.where(active, gain - self.cost * r * r, torch.zeros_like(gain))
+
+        self.covered |= newly
+        self.is_site[arange, node] |= active
+        # Re-opening a site only adds its disc: the union of two concentric discs is the larger.
+        old_r = self.site_radius[arange, node]
+        self.site_radius[arange, node] = torch.where(active, torch.maximum(old_r, r), old_r)
+        self.t += active.long()
+        self.episode_return += reward
+
+        all_covered = (self.covered | (self.demand <= 0)).all(dim=1)
+        terminated = active & (all_covered | (self.t >= self.num_sites))
+        truncated = torch.zeros_like(terminated)
+        if self.max_episode_steps is not None:
+            truncated = active & ~terminated & (self.t >= self.max_episode_steps)
+        self._terminated = torch.where(active, terminated, self._terminated)
+        self._truncated = torch.where(active, truncated, self._truncated)
+        terminated_out, truncated_out = self._terminated.clone(), self._truncated.clone()
+        done = terminated_out | truncated_out
+
+        info: dict[str, Any] = {
+            "episode_return": self.episode_return.clone(),
+            "episode_length": self.t.clone(),
+        }
+        obs = self.observe()
+        info["final_obs"] = obs
+        if self.autoreset and bool(done.any()):
+            self._reset_envs(done)
+            obs = self.observe()
+        elif not self.autoreset:
+            self.ended |= done
+        return obs, reward.float(), terminated_out, truncated_out, info
+
+    def _reset_envs(self, mask: Tensor) -> None:
+        """Replace the envs where ``mask`` [B] is True by fresh instances (no loop over B)."""
+        count = int(mask.sum())
+        pos, demand, neighbors = self._sample(count)
+        self.pos[mask] = pos
+        self.demand[mask] = demand
+        # Out of place: earlier observations (e.g. info["final_obs"]) share this tensor.
+        self.neighbors = self.neighbors.clone()
+        self.neighbors[mask] = neighbors
+        self.covered[mask] = False
+        self.is_site[mask] = False
+        self.site_radius[mask] = 0.0
+        self.t[mask] = 0
+        self.episode_return[mask] = 0.0
+        self.ended[mask] = False
+        # This step's outputs hold copies of the flags; the new episodes start clean.
+        self._terminated &= ~mask
+        self._truncated &= ~mask

@@ -1,0 +1,141 @@
+"""Single-instance gymnasium wrapper around :class:`CoverageEnv`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+
+from .coverage import CoverageEnv
+from .observation import NODE_FEATURE_DIM, CoverageObs
+
+
+class CoverageGymEnv(gymnasium.Env):
+    """Gymnasium view of one coverage instance (``CoverageEnv(num_envs=1, autoreset=False)``).
+
+    Observation (numpy, one instance): ``node_features`` ``(N, 6)`` float32, ``neighbors``
+    ``(N, k)`` int64, ``action_mask`` ``(N,)`` int8 (1 = allowed), ``image`` ``(3, H, W)``
+    float32. Action: ``{"node": int, "radius": (1,) float32 in [0, 1]}``.
+
+    Seeding follows gymnasium: ``reset(seed=s)`` reseeds ``self.np_random`` and every reset
+    draws the torch seed of its instance from it. The constructor's ``seed`` seeds
+    ``np_random`` until the first seeded reset. ``options={"instance": (pos, demand)}``
+    (``[N, 2]`` / ``[N]`` or with a leading 1) plays a fixed instance.
+
+    ``render()`` (``render_mode="rgb_array"``) returns the observation image as an
+    ``(H, W, 3)`` uint8 array flipped vertically so that ``y`` points up.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        num_nodes: int = 50,
+        num_sites: int = 5,
+        num_clusters: int = 3,
+        cluster_std: float = 0.08,
+        background_frac: float = 0.3,
+        knn_k: int = 8,
+        r_min: float = 0.05,
+        r_max: float = 0.4,
+        cost: float = 1.0,
+        image_size: int = 32,
+        max_episode_steps: int | None = None,
+        seed: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
+        self.render_mode = render_mode
+        self.env = CoverageEnv(
+            num_envs=1,
+            num_nodes=num_nodes,
+            num_sites=num_sites,
+            num_clusters=num_clusters,
+            cluster_std=cluster_std,
+            background_frac=background_frac,
+            knn_k=knn_k,
+            r_min=r_min,
+            r_max=r_max,
+            cost=cost,
+            image_size=image_size,
+            max_episode_steps=max_episode_steps,
+            autoreset=False,
+            device="cpu",
+            seed=seed,
+        )
+        self._np_random, self._np_random_seed = seeding.np_random(seed)
+
+        N, k, H = num_nodes, knn_k, image_size
+        # demand * N is at most N (one node holding all demand); other features are in [0, 1].
+        high = np.ones((N, NODE_FEATURE_DIM), dtype=np.float32)
+        high[:, 0] = float(N)
+        self.observation_space = spaces.Dict(
+            {
+                "node_features": spaces.Box(0.0, high, dtype=np.float32),
+                "neighbors": spaces.Box(0, N - 1, (N, k), dtype=np.int64),
+                "action_mask": spaces.MultiBinary(N),
+                "image": spaces.Box(0.0, 1.0, (3, H, H), dtype=np.float32),
+            }
+        )
+        self.action_space = spaces.Dict(
+            {"node": spaces.Discrete(N), "radius": spaces.Box(0.0, 1.0, (1,), dtype=np.float32)}
+        )
+
+    def _numpy_obs(self, obs: CoverageObs) -> dict[str, np.ndarray]:
+        # Copies: observations must not alias the env's live torch state (check_env tests this).
+        # The clamp guards float rounding of demand * N against the space's upper bound N.
+        high = float(self.env.num_nodes)
+        return {
+            "node_features": obs.node_features[0].clamp(max=high).numpy().astype(np.float32),
+            "neighbors": obs.neighbors[0].numpy().astype(np.int64),
+            "action_mask": obs.action_mask[0].numpy().astype(np.int8),
+            "image": obs.image[0].numpy().astype(np.float32),
+        }
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "episode_return": float(self.env.episode_return[0]),
+            "covered_demand": float((self.env.demand * self.env.covered).sum()),
+            "t": int(self.env.t[0]),
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        instances = None
+        if options is not None and options.get("instance") is not None:
+            pos, demand = (torch.as_tensor(x, dtype=torch.float32) for x in options["instance"])
+            instances = (pos.reshape(1, -1, 2), demand.reshape(1, -1))
+            if instances[0].shape[1] != self.env._default_num_nodes:
+                raise ValueError("options['instance'] must have num_nodes nodes (spaces are fixed)")
+        torch_seed = int(self.np_random.integers(0, 2**63 - 1))
+        obs = self.env.reset(seed=torch_seed, instances=instances)
+        return self._numpy_obs(obs), self._info()
+
+    def step(
+        self, action: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        node = torch.as_tensor(np.asarray(action["node"]), dtype=torch.long).reshape(1)
+        radius = torch.as_tensor(np.asarray(action["radius"]), dtype=torch.float32).reshape(1)
+        obs, reward, terminated, truncated, _ = self.env.step(node, radius)
+        return (
+            self._numpy_obs(obs),
+            float(reward[0]),
+            bool(terminated[0]),
+            bool(truncated[0]),
+            self._info(),
+        )
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode is None:
+            gymnasium.logger.warn("render() called without render_mode; set render_mode='rgb_array'")
+            return None
+        image = self.env.observe().image[0]  # [3, H, W], row 0 = y near 0
+        rgb = (image.permute(1, 2, 0).flip(0) * 255.0).round().to(torch.uint8)
+        return rgb.numpy().copy()

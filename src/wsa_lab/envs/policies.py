@@ -1,0 +1,116 @@
+"""Reference policies (random, one-step greedy) and an episode runner for baselines."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .coverage import CoverageEnv
+from .geometry import squared_distances
+from .observation import CoverageObs
+
+Policy = Callable[[CoverageObs, CoverageEnv], tuple[Tensor, Tensor]]
+
+# Upper bound on the elements of greedy_action's per-chunk [B, chunk, N] tensors (~4M).
+_GREEDY_MAX_CHUNK_ELEMENTS = 2**22
+
+
+def random_action(env: CoverageEnv, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Uniform node among the unmasked ones, uniform action radius in ``[0, 1]``.
+
+    Shapes:
+        - output: node ``[B]`` long, radius ``[B]`` float32 (on ``env.device``)
+    """
+    B, N = env.num_envs, env.num_nodes
+    scores = torch.rand(B, N, generator=generator, device=generator.device).to(env.device)
+    # Masked nodes get -1 < any uniform score, so argmax picks uniformly among allowed ones.
+    node = scores.masked_fill(~env.action_mask, -1.0).argmax(dim=1)
+    radius = torch.rand(B, generator=generator, device=generator.device).to(env.device)
+    return node, radius
+
+
+def greedy_action(env: CoverageEnv, radius_grid: int = 11) -> tuple[Tensor, Tensor]:
+    """Action with the best immediate reward over unmasked sites x ``linspace(0, 1, radius_grid)``.
+
+    Candidate sites are processed in chunks so memory stays bounded for large N.
+    Ties go to the lowest site index, then the lowest radius.
+
+    Shapes:
+        - output: node ``[B]`` long, radius ``[B]`` float32 (action radius in ``[0, 1]``)
+    """
+    if radius_grid < 1:
+        raise ValueError(f"radius_grid must be >= 1, got {radius_grid}")
+    B, N, R = env.num_envs, env.num_nodes, radius_grid
+    device = env.device
+    grid = torch.linspace(0.0, 1.0, R, device=device)
+    r = env.physical_radius(grid)  # [R], non-decreasing
+    r_sq = r * r  # the same float op as within_radius, so coverage decisions match the env
+    penalty = env.cost * r_sq  # [R]
+    uncovered = env.demand * (~env.covered).float()  # [B, N]
+    mask = env.action_mask
+
+    best_score = torch.full((B,), -float("inf"), device=device)
+    best_flat = torch.zeros(B, dtype=torch.long, device=device)  # site * R + radius index
+    chunk = max(1, min(N, _GREEDY_MAX_CHUNK_ELEMENTS // (B * N)))
+    for start in range(0, N, chunk):
+        stop = min(N, start + chunk)
+        sq = squared_distances(env.pos[:, start:stop], env.pos)  # [B, c, N]
+        # Smallest grid radius covering each node (R = never): node covered by radius j
+        # iff bucket <= j, exactly the test sq <= r_sq[j]. Histogram + cumsum gives the gain
+        # of every radius in O(B*c*N) instead of O(B*c*N*R).
+        bucket = torch.bucketize(sq, r_sq)
+        hist = torch.zeros(B, stop - start, R + 1, device=device)
+        hist.scatter_add_(2, bucket, uncovered.unsqueeze(1).expand_as(sq))
+        gain = hist[..., :R].cumsum(dim=2)  # [B, c, R]
+        score = (gain - penalty).masked_fill(~mask[:, start:stop, None], -float("inf"))
+        # max returns the first maximum: lowest site, then lowest radius within this chunk.
+        chunk_score, chunk_flat = score.reshape(B, -1).max(dim=1)
+        better = chunk_score > best_score  # strict: earlier chunks win ties
+        best_score = torch.where(better, chunk_score, best_score)
+        best_flat = torch.where(better, chunk_flat + start * R, best_flat)
+    return best_flat // R, grid[best_flat % R]
+
+
+def run_episodes(
+    env: CoverageEnv, policy: Policy, instances: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """Play one episode in every env and return each env's episode return.
+
+    Autoreset is switched off for the duration (restored afterwards), so every env plays
+    exactly one episode; the env is left in its ended state.
+
+    Shapes:
+        - output: ``[B]`` float32
+    """
+    saved = env.autoreset
+    env.autoreset = False
+    try:
+        obs = env.reset(instances=instances)
+        limit = env.num_sites if env.max_episode_steps is None else min(env.num_sites, env.max_episode_steps)
+        for _ in range(limit):
+            if bool(env.ended.all()):
+                break
+            node, radius = policy(obs, env)
+            obs, *_ = env.step(node, radius)
+        if not bool(env.ended.all()):
+            raise RuntimeError("some envs did not end within the episode length")
+        return env.episode_return.clone()
+    finally:
+        env.autoreset = saved
+
+
+def greedy_returns(
+    env: CoverageEnv, instances: tuple[Tensor, Tensor] | None = None, radius_grid: int = 11
+) -> Tensor:
+    """Episode returns of :func:`greedy_action` on ``instances`` (or fresh ones). Shapes: ``[B]``."""
+    return run_episodes(env, lambda obs, e: greedy_action(e, radius_grid), instances)
+
+
+def random_returns(
+    env: CoverageEnv, instances: tuple[Tensor, Tensor] | None = None, seed: int = 0
+) -> Tensor:
+    """Episode returns of :func:`random_action` seeded with ``seed``. Shapes: ``[B]``."""
+    generator = torch.Generator().manual_seed(seed)
+    return run_episodes(env, lambda obs, e: random_action(e, generator), instances)

@@ -1,0 +1,13 @@
+"""User-facing errors: the CLI prints these as one line (no traceback unless HYDRA_FULL_ERROR=1)."""
+
+
+class WsaLabError(Exception):
+    """An error caused by the user's input or machine, with a message that says how to fix it."""
+
+
+class ConfigError(WsaLabError):
+    """The composed configuration is invalid."""
+
+
+class WeightsNotFoundError(WsaLabError):
+    """Pre-trained weights were asked for but are not available offline."""

@@ -1,0 +1,114 @@
+"""The two actors of the seed: `StandardActor` (GNN -> grid -> ResNet18) and `WSAEnhancedActor`."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from wsa_lab.models.encoders import StateEncoder
+from wsa_lab.models.fusion import FusedFeatures, MultiPTMFeatureExtractor
+from wsa_lab.models.inputs import StateInputs, run_cnn
+from wsa_lab.models.ptm import IMAGENET_MEAN, IMAGENET_STD
+from wsa_lab.models.weights import RESNETS, freeze_batchnorm_stats, load_resnet
+
+
+class ActorFeatures(NamedTuple):
+    node_emb: Tensor  # (B, N, D) per-node embeddings for the node head
+    global_feat: Tensor  # (B, G) state-level features for the radius head and the critic
+    fusion: Optional[FusedFeatures]  # WSA internals (attention weights, PTM features); None for Standard
+
+
+def rasterise_nodes(values: Tensor, positions: Tensor, grid_size: int) -> Tensor:
+    r"""Average node values into a square grid by node position (empty cells are 0).
+
+    Shapes:
+        - input: values :math:`(B, N, C)`, positions :math:`(B, N, 2)` in [0, 1]
+        - output: :math:`(B, C, H, W)` with H = W = `grid_size`
+    """
+    batch, num_nodes, channels = values.shape
+    cell = (positions * grid_size).long().clamp_(0, grid_size - 1)
+    flat = cell[..., 1] * grid_size + cell[..., 0]  # row = y, column = x
+    flat = flat + torch.arange(batch, device=values.device).unsqueeze(1) * grid_size * grid_size
+    cells = batch * grid_size * grid_size
+    sums = values.new_zeros(cells, channels).index_add_(0, flat.reshape(-1), values.reshape(-1, channels))
+    counts = values.new_zeros(cells).index_add_(0, flat.reshape(-1), values.new_ones(batch * num_nodes))
+    grid = sums / counts.clamp(min=1).unsqueeze(-1)
+    return grid.view(batch, grid_size, grid_size, channels).permute(0, 3, 1, 2)
+
+
+class StandardActor(nn.Module):
+    r"""Seed's Standard Actor: GNN node embeddings rasterised to a grid, read by one ResNet.
+
+    Node embeddings are projected to 3 channels (so ImageNet weights apply unchanged), averaged into an
+    `image_size` grid by position, normalised like ImageNet images and passed through the ResNet.
+    Gradients reach the GNN through the ResNet even when its weights are frozen.
+
+    Shapes:
+        - input: :class:`StateInputs`
+        - output: :class:`ActorFeatures` with D = `hidden_dim`, G = `context_dim + feature_dim`
+    """
+
+    def __init__(
+        self,
+        encoder: StateEncoder,
+        image_size: int,
+        feature_dim: int,
+        model_type: str = "resnet18",
+        weights: str = "imagenet",
+        freeze_backbone: bool = False,
+        weights_path: str | None = None,
+        weights_dir: str | None = None,
+        checkpoint_min_nodes: int = 500,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.image_size = image_size
+        self.checkpoint_min_nodes = checkpoint_min_nodes
+        self.to_rgb = nn.Linear(encoder.out_dim, 3)
+        self.cnn = load_resnet(model_type, weights, weights_path, weights_dir)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.cnn.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.adapter = nn.Sequential(nn.Linear(RESNETS[model_type].out_dim, feature_dim), nn.ReLU())
+        self.global_dim = encoder.context_dim + feature_dim
+
+    def train(self, mode: bool = True) -> "StandardActor":
+        super().train(mode)
+        freeze_batchnorm_stats(self.cnn)  # see load_resnet: no batch statistics in PPO
+        return self
+
+    def forward(self, inputs: StateInputs) -> ActorFeatures:
+        h, context = self.encoder(inputs.x, inputs.edge_index, inputs.batch, inputs.num_graphs)
+        node_emb = h.view(inputs.num_graphs, inputs.num_nodes, -1)
+        grid = rasterise_nodes(torch.sigmoid(self.to_rgb(node_emb)), inputs.positions, self.image_size)
+        grid = (grid - self.mean) / self.std
+        feat = self.adapter(run_cnn(self.cnn, grid, inputs.num_nodes > self.checkpoint_min_nodes))
+        return ActorFeatures(node_emb, torch.cat([context, feat], dim=-1), None)
+
+
+class WSAEnhancedActor(nn.Module):
+    r"""Seed's WSA-Enhanced Actor: the state context weights several PTMs through shared attention.
+
+    ``StateEncoder`` -> node embeddings + context; ``MultiPTMFeatureExtractor`` -> PTM features fused
+    by :class:`~wsa_lab.models.attention.WeightSharingAttention` (or `mean` / `concat`).
+
+    Shapes:
+        - input: :class:`StateInputs`
+        - output: :class:`ActorFeatures` with G = `context_dim + extractor.out_dim`
+    """
+
+    def __init__(self, encoder: StateEncoder, extractor: MultiPTMFeatureExtractor) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.extractor = extractor
+        self.global_dim = encoder.context_dim + extractor.out_dim
+
+    def forward(self, inputs: StateInputs) -> ActorFeatures:
+        h, context = self.encoder(inputs.x, inputs.edge_index, inputs.batch, inputs.num_graphs)
+        fused = self.extractor(inputs, context)
+        node_emb = h.view(inputs.num_graphs, inputs.num_nodes, -1)
+        return ActorFeatures(node_emb, torch.cat([context, fused.fused], dim=-1), fused)

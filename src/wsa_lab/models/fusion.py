@@ -1,0 +1,70 @@
+"""`MultiPTMFeatureExtractor`: runs every PTM and fuses their features (WSA, or an ablation mode)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from wsa_lab.errors import ConfigError
+from wsa_lab.models.attention import WeightSharingAttention
+from wsa_lab.models.inputs import StateInputs
+from wsa_lab.models.ptm import PreTrainedModelWrapper
+
+FUSION_MODES = ("wsa", "mean", "concat")
+
+
+class FusedFeatures(NamedTuple):
+    fused: Tensor  # (B, out_dim)
+    features: Tensor  # (B, P, F): each PTM's adapted feature, for feature-norm logging
+    weights: Optional[Tensor]  # (B, P) attention weights (uniform for `mean`, None for `concat`)
+
+
+class MultiPTMFeatureExtractor(nn.Module):
+    r"""Holds the PTMs and fuses their features.
+
+    Fusion modes (for ablations):
+        - ``wsa``: :class:`WeightSharingAttention` weights conditioned on the state context (default).
+        - ``mean``: uniform average, the "ensemble" baseline; weights are reported as :math:`1/P`.
+        - ``concat``: concatenation, no weights; `out_dim` = P x F.
+
+    Shapes:
+        - input: :class:`StateInputs` of B states, context :math:`(B, C)`
+        - output: :class:`FusedFeatures`
+    """
+
+    def __init__(
+        self,
+        ptms: list[PreTrainedModelWrapper],
+        context_dim: int,
+        feature_dim: int,
+        fusion: str = "wsa",
+        attention_hidden_dim: int = 128,
+        attention_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not ptms:
+            raise ConfigError("WSA is enabled but no PTMs are configured; choose some with ptm=[...]")
+        if fusion not in FUSION_MODES:
+            raise ConfigError(f"actor_critic.wsa.fusion must be one of {list(FUSION_MODES)}, got {fusion!r}")
+        self.ptms = nn.ModuleList(ptms)
+        self.fusion = fusion
+        self.names = [p.spec.name for p in ptms]
+        self.attention = (
+            WeightSharingAttention(context_dim, feature_dim, attention_hidden_dim, attention_dropout)
+            if fusion == "wsa"
+            else None
+        )
+        self.out_dim = feature_dim * len(ptms) if fusion == "concat" else feature_dim
+
+    def forward(self, inputs: StateInputs, context: Tensor) -> FusedFeatures:
+        features = torch.stack([ptm(inputs) for ptm in self.ptms], dim=1)  # (B, P, F)
+        if self.fusion == "wsa":
+            fused, weights = self.attention(context, features)
+        elif self.fusion == "mean":
+            fused = features.mean(dim=1)
+            weights = torch.full(features.shape[:2], 1.0 / features.shape[1], device=features.device)
+        else:
+            fused, weights = features.flatten(1), None
+        return FusedFeatures(fused, features, weights)

@@ -1,0 +1,77 @@
+"""PPO hyper-parameters (`conf/algo/ppo.yaml` is validated against this dataclass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from wsa_lab.errors import ConfigError
+
+
+@dataclass
+class PPOConfig:
+    total_timesteps: int = 20_480
+    """environment steps (all envs together) the run trains for"""
+    num_envs: int = 16
+    """environments stepped together (one batched CoverageEnv)"""
+    num_steps: int = 32
+    """steps per environment in each rollout"""
+    learning_rate: float = 3e-4
+    """Adam learning rate"""
+    anneal_lr: bool = True
+    """linearly anneal the learning rate to 0 over the run"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalized advantage estimation"""
+    num_minibatches: int = 4
+    """minibatches per epoch (minibatch size = num_envs * num_steps / num_minibatches)"""
+    update_epochs: int = 4
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """PPO clipping coefficient (policy ratio)"""
+    clip_vloss: bool = True
+    """clip the value loss like the policy (CleanRL default)"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip"""
+    target_kl: Optional[float] = None
+    """stop the epochs early when approx. KL exceeds this (null: never)"""
+
+    # derived sizes, computed in one place (CleanRL)
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_iterations(self) -> int:
+        return max(1, self.total_timesteps // self.batch_size)
+
+    def __post_init__(self) -> None:
+        for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"algo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"algo.learning_rate must be > 0, got {self.learning_rate}")
+        if self.num_minibatches > self.batch_size:
+            raise ConfigError(
+                f"algo.num_minibatches={self.num_minibatches} exceeds the batch of {self.batch_size} samples "
+                "(num_envs * num_steps); lower num_minibatches or raise num_steps"
+            )
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"algo.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.total_timesteps < self.batch_size:
+            raise ConfigError(
+                f"algo.total_timesteps={self.total_timesteps} is less than one rollout "
+                f"({self.batch_size} = num_envs * num_steps); raise it or shrink the rollout"
+            )

@@ -1,0 +1,219 @@
+"""PPO for the hybrid (node, radius) action, after CleanRL's `ppo.py`: rollout, GAE, clipped update.
+
+One `PPO.iterate()` = one rollout of `num_steps` x `num_envs` steps + `update_epochs` epochs of
+minibatch updates. Metrics use CleanRL's names and are keyed by `global_step` (env steps).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from wsa_lab.envs import CoverageEnv, CoverageObs
+from wsa_lab.models import ActorCritic, HybridAction
+from wsa_lab.rl.config import PPOConfig
+
+
+def compute_gae(
+    rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, next_done: Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation over a (T, B) rollout; `dones[t]` = episode ended before step t."""
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            not_done, next_values = 1.0 - next_done, next_value
+        else:
+            not_done, next_values = 1.0 - dones[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * next_values * not_done - values[t]
+        last = delta + gamma * lam * not_done * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def _store(buffer: CoverageObs, step: int, obs: CoverageObs) -> None:
+    for f in fields(obs):
+        getattr(buffer, f.name)[step] = getattr(obs, f.name)
+
+
+class PPO:
+    """Owns the optimiser, the rollout buffers and the env's running state."""
+
+    def __init__(self, agent: ActorCritic, env: CoverageEnv, cfg: PPOConfig, log_attention: bool = True, log_features: bool = True) -> None:
+        self.agent, self.env, self.cfg = agent, env, cfg
+        self.log_attention, self.log_features = log_attention, log_features
+        self.device = env.device
+        self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        self.global_step = 0
+        self.iteration = 0
+        self.next_obs = env.reset()
+        self.next_done = torch.zeros(env.num_envs, device=self.device)
+        T, B = cfg.num_steps, env.num_envs
+        self.obs = self.next_obs.map(lambda t: t.new_zeros((T,) + t.shape))
+        self.nodes = torch.zeros(T, B, dtype=torch.long, device=self.device)
+        self.radii = torch.zeros(T, B, device=self.device)
+        self.logprobs = torch.zeros(T, B, device=self.device)
+        self.rewards = torch.zeros(T, B, device=self.device)
+        self.dones = torch.zeros(T, B, device=self.device)
+        self.values = torch.zeros(T, B, device=self.device)
+        self.start_time = time.time()
+        self.start_step = 0
+        self.last_attention: Tensor | None = None  # (T*B, P) weights of the last rollout, for histograms
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def collect_rollout(self) -> dict[str, float]:
+        """Step the env `num_steps` times with the current policy; fill the buffers."""
+        # Act in train mode, like the update: trainable BatchNorm then normalises with batch statistics in
+        # both, so the log-probabilities of the rollout match those recomputed in the first epoch.
+        self.agent.train()
+        episode_returns: list[float] = []
+        episode_lengths: list[float] = []
+        attention, norms = [], []
+        for step in range(self.cfg.num_steps):
+            self.global_step += self.env.num_envs
+            _store(self.obs, step, self.next_obs)
+            self.dones[step] = self.next_done
+            out = self.agent.get_action_and_value(self.next_obs)
+            self.values[step] = out.value
+            self.nodes[step], self.radii[step] = out.action.node, out.action.radius
+            self.logprobs[step] = out.log_prob
+            fusion = out.features.fusion
+            if fusion is not None:
+                if fusion.weights is not None:
+                    attention.append(fusion.weights)
+                norms.append(fusion.features.norm(dim=-1))
+            obs, reward, terminated, truncated, info = self.env.step(out.action.node, out.action.radius.clamp(0.0, 1.0))
+            if truncated.any():  # bootstrap the value of truncated (not terminated) episodes
+                final_value = self.agent.get_value(info["final_obs"])
+                reward = reward + self.cfg.gamma * final_value * truncated.float()
+            done = terminated | truncated
+            self.rewards[step] = reward
+            self.next_obs, self.next_done = obs, done.float()
+            if done.any():
+                episode_returns += info["episode_return"][done].tolist()
+                episode_lengths += info["episode_length"][done].float().tolist()
+        stats: dict[str, float] = {}
+        if episode_returns:
+            stats["charts/episodic_return"] = float(np.mean(episode_returns))
+            stats["charts/episodic_length"] = float(np.mean(episode_lengths))
+        stats.update(self._wsa_stats(attention, norms))
+        return stats
+
+    def _wsa_stats(self, attention: list[Tensor], norms: list[Tensor]) -> dict[str, float]:
+        """The seed's monitoring metrics: wsa/attention_weights_<i>, wsa/attention_entropy, wsa/feature_norms_<i>."""
+        stats: dict[str, float] = {}
+        if attention:
+            weights = torch.cat(attention)  # (T*B, P)
+            self.last_attention = weights.cpu()
+            if self.log_attention:
+                for i, w in enumerate(weights.mean(0).tolist()):
+                    stats[f"wsa/attention_weights_{i}"] = w
+                entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)
+                stats["wsa/attention_entropy"] = entropy.mean().item()
+        if norms and self.log_features:
+            for i, n in enumerate(torch.cat(norms).mean(0).tolist()):
+                stats[f"wsa/feature_norms_{i}"] = n
+        return stats
+
+    # ------------------------------------------------------------------ update
+    def update(self) -> dict[str, float]:
+        """GAE + `update_epochs` epochs of clipped-objective minibatch updates."""
+        cfg = self.cfg
+        with torch.no_grad():
+            next_value = self.agent.get_value(self.next_obs)
+        advantages, returns = compute_gae(
+            self.rewards, self.values, self.dones, next_value, self.next_done, cfg.gamma, cfg.gae_lambda
+        )
+        b_obs = self.obs.map(lambda t: t.reshape((-1,) + t.shape[2:]))
+        b_nodes, b_radii = self.nodes.reshape(-1), self.radii.reshape(-1)
+        b_logprobs, b_adv = self.logprobs.reshape(-1), advantages.reshape(-1)
+        b_returns, b_values = returns.reshape(-1), self.values.reshape(-1)
+
+        self.agent.train()
+        clipfracs: list[float] = []
+        for _epoch in range(cfg.update_epochs):
+            perm = torch.randperm(cfg.batch_size, device=self.device)
+            for start in range(0, cfg.batch_size, cfg.minibatch_size):
+                mb = perm[start : start + cfg.minibatch_size]
+                out = self.agent.get_action_and_value(
+                    b_obs.map(lambda t: t[mb]), HybridAction(b_nodes[mb], b_radii[mb])
+                )
+                logratio = out.log_prob - b_logprobs[mb]
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
+                mb_adv = b_adv[mb]
+                if cfg.norm_adv and len(mb) > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = torch.max(
+                    -mb_adv * ratio, -mb_adv * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
+                ).mean()
+                if cfg.clip_vloss:
+                    v_unclipped = (out.value - b_returns[mb]) ** 2
+                    v_clipped = b_values[mb] + torch.clamp(out.value - b_values[mb], -cfg.clip_coef, cfg.clip_coef)
+                    v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - b_returns[mb]) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((out.value - b_returns[mb]) ** 2).mean()
+                entropy_loss = out.entropy.mean()
+                loss = pg_loss - cfg.ent_coef * entropy_loss + v_loss * cfg.vf_coef
+
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+            if cfg.target_kl is not None and approx_kl.item() > cfg.target_kl:
+                break
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+        return {
+            "losses/value_loss": v_loss.item(),
+            "losses/policy_loss": pg_loss.item(),
+            "losses/entropy": entropy_loss.item(),
+            "losses/old_approx_kl": old_approx_kl.item(),
+            "losses/approx_kl": approx_kl.item(),
+            "losses/clipfrac": float(np.mean(clipfracs)),
+            "losses/explained_variance": float(explained_var),
+        }
+
+    # ------------------------------------------------------------------ one iteration
+    def iterate(self) -> dict[str, float]:
+        """Anneal the learning rate, collect one rollout, update; return this iteration's metrics."""
+        cfg = self.cfg
+        if cfg.anneal_lr:
+            frac = 1.0 - self.iteration / cfg.num_iterations
+            self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+        metrics = self.collect_rollout()
+        metrics.update(self.update())
+        self.iteration += 1
+        metrics["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        elapsed = max(time.time() - self.start_time, 1e-9)
+        metrics["charts/SPS"] = (self.global_step - self.start_step) / elapsed
+        return metrics
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.global_step = int(state["global_step"])
+        self.iteration = int(state["iteration"])
+        self.start_step = self.global_step
+        self.start_time = time.time()

@@ -1,0 +1,56 @@
+"""Shared fixtures. Tests make their own data: ImageNet weight files are self-made state dicts placed
+where torchvision's cache would hold them (a cached file's hash is not checked, see FACTS.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from wsa_lab.config import config_dir
+from wsa_lab.models.weights import RESNETS, weights_file_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fake_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TORCH_HOME whose hub cache holds a state dict for every ResNet's ImageNet file name.
+
+    The tensors are a fixed-seed random init (not ImageNet): tests check loading, not accuracy.
+    """
+    home = tmp_path_factory.mktemp("torch_home")
+    folder = home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    for model_type, entry in RESNETS.items():
+        torch.manual_seed(123)
+        torch.save(entry.builder(weights=None).state_dict(), folder / weights_file_name(model_type))
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _isolated_torch_home(fake_torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test sees the fake cache (and never the user's real one)."""
+    monkeypatch.setenv("TORCH_HOME", str(fake_torch_home))
+    return fake_torch_home
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose `conf/` like the CLI does (without running Hydra's app), with the run folder set."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def subprocess_env(torch_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TORCH_HOME"] = str(torch_home)
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env

@@ -1,0 +1,73 @@
+"""The real CLI (`python -m wsa_lab`) in subprocesses: both actors train, errors are one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+from test_train import TINY
+
+
+def wsa_lab(args: list[str], cwd: Path, torch_home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wsa_lab", *args], cwd=cwd, env=subprocess_env(torch_home),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["phase1_baseline", "phase3_hybrid"])
+def test_cli_trains_from_any_working_directory(experiment: str, tmp_path: Path, fake_torch_home: Path):
+    proc = wsa_lab([f"experiment={experiment}", *TINY], cwd=tmp_path, torch_home=fake_torch_home)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = list((tmp_path / "runs").glob(f"*/*_{experiment}_seed0"))
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["name"] == experiment
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_get_their_own_folders(tmp_path: Path, fake_torch_home: Path):
+    args = ["-m", "experiment=phase4_count", "ptm_count=2", "ptm=[graph_cnn,resnet18_random]", *TINY]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "wsa_lab", *args], cwd=tmp_path, env=subprocess_env(fake_torch_home),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    sweeps = list((tmp_path / "multirun").glob("*/*"))
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        assert (sweep / "0_phase4_count_k2_seed0" / "summary.json").is_file()
+
+
+def test_config_error_is_one_line(tmp_path: Path, fake_torch_home: Path):
+    proc = wsa_lab(["env.num_sites=60"], cwd=tmp_path, torch_home=fake_torch_home)
+    assert_one_line_error(proc, "wsa_lab: error: env:", "num_sites")
+
+
+def test_missing_imagenet_weights_say_where_to_put_them(tmp_path: Path, fake_torch_home: Path):
+    empty = tmp_path / "empty_torch_home"
+    proc = wsa_lab(["experiment=phase3_hybrid"], cwd=tmp_path, torch_home=empty)
+    assert_one_line_error(proc, str(empty / "hub" / "checkpoints" / "resnet18-f37072fd.pth"), "weights: random")
+    assert not list((tmp_path / "runs").glob("*/*/checkpoints"))  # nothing half-made
+
+
+def test_unknown_ptm_name_is_hydras_clear_error(tmp_path: Path, fake_torch_home: Path):
+    proc = wsa_lab(["ptm=[resnet18_imagnet]"], cwd=tmp_path, torch_home=fake_torch_home)
+    assert_one_line_error(proc, "resnet18_imagnet", "resnet18_imagenet")

@@ -1,0 +1,171 @@
+"""Hydra composition: every experiment composes and instantiates; bad configs are one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from conftest import compose_config, experiment_names
+from wsa_lab.config import validate
+from wsa_lab.errors import ConfigError
+from wsa_lab.train import make_env
+
+EXPECTED_EXPERIMENTS = {
+    "phase1_baseline", "phase1_wsa3", "phase2_all_imagenet", "phase2_all_random", "phase2_mixed",
+    "phase3_same_arch", "phase3_mixed_resnets", "phase3_hybrid", "phase4_wsa2", "phase4_wsa3", "phase4_wsa4",
+    "phase4_count",
+}
+
+# The seed's "Recommended Configuration", as written in WSA_IMPLEMENTATION_SUMMARY.md.
+SEED_YAML = """
+actor_critic:
+  wsa:
+    enabled: true
+    pretrained_models:
+      - name: resnet18_imagenet
+        model_type: resnet18
+        weights: imagenet
+        freeze_backbone: true  # Freeze pre-trained
+
+      - name: graph_cnn
+        model_type: graph_cnn
+        weights: null
+        freeze_backbone: false  # Train from scratch
+
+      - name: resnet18_random
+        model_type: resnet18
+        weights: random
+        freeze_backbone: false  # Train from scratch
+    attention:
+      hidden_dim: 128
+      dropout: 0.1
+    logging:
+      log_attention_weights: true
+      log_features: true
+"""
+
+
+def build(cfg):
+    settings = validate(cfg)
+    env = make_env(cfg, num_envs=2, seed=cfg.seed)
+    agent = instantiate(cfg.actor_critic, node_feature_dim=env.node_feature_dim, image_size=env.image_size, _convert_="all")
+    return settings, env, agent
+
+
+def test_all_seed_phases_exist():
+    assert set(experiment_names()) == EXPECTED_EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPECTED_EXPERIMENTS))
+def test_every_experiment_composes_instantiates_and_acts(experiment: str, tmp_path: Path):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    assert cfg.name.startswith(experiment) and cfg.phase == experiment[:6]
+    _, env, agent = build(cfg)
+    with torch.no_grad():
+        out = agent.get_action_and_value(env.reset())
+    assert out.action.node.shape == (2,)
+    if experiment == "phase1_baseline":
+        assert not agent.uses_wsa
+    else:
+        expected = [p["name"] for p in OmegaConf.to_container(cfg.actor_critic.wsa.pretrained_models, resolve=True)]
+        assert agent.ptm_names == expected and len(expected) >= 2
+        assert out.features.fusion.weights.shape == (2, len(expected))
+
+
+def test_phase_arms_differ_in_what_they_claim(tmp_path: Path):
+    def ptms(experiment):
+        cfg = compose_config([f"experiment={experiment}"], tmp_path)
+        return [(p["model_type"], p["weights"], p["freeze_backbone"]) for p in cfg.actor_critic.wsa.pretrained_models]
+
+    assert ptms("phase3_hybrid") == [("resnet18", "imagenet", True), ("graph_cnn", None, False), ("resnet18", "random", False)]
+    assert ptms("phase1_wsa3") == ptms("phase3_hybrid") == ptms("phase4_wsa3")
+    assert {w for _, w, _ in ptms("phase2_all_imagenet")} == {"imagenet"}
+    assert {w for _, w, _ in ptms("phase2_all_random")} == {"random"}
+    # phase 2 holds architecture and freezing fixed; only the weights change
+    assert [(m, f) for m, _, f in ptms("phase2_all_random")] == [(m, f) for m, _, f in ptms("phase2_all_imagenet")]
+    assert {m for m, _, _ in ptms("phase3_same_arch")} == {"resnet18"}
+    assert [len(ptms(f"phase4_wsa{k}")) for k in (2, 3, 4)] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+def test_ptm_count_keeps_the_first_k_of_the_pool(count: int, tmp_path: Path):
+    cfg = compose_config(["experiment=phase4_count", f"ptm_count={count}"], tmp_path)
+    names = [p["name"] for p in cfg.actor_critic.wsa.pretrained_models]
+    assert names == ["resnet18_imagenet", "graph_cnn", "resnet18_random", "resnet34_imagenet"][:count]
+    assert cfg.name == f"phase4_count_k{count}"
+
+
+def test_ptm_set_from_the_cli(tmp_path: Path):
+    cfg = compose_config(["ptm=[graph_cnn,resnet18_random]"], tmp_path)
+    assert [p["name"] for p in cfg.actor_critic.wsa.pretrained_models] == ["graph_cnn", "resnet18_random"]
+
+
+def test_seed_yaml_block_is_accepted_as_written(tmp_path: Path):
+    cfg = compose_config(["ptm=[]"], tmp_path)
+    cfg = OmegaConf.merge(cfg, OmegaConf.create(SEED_YAML))
+    _, _, agent = build(cfg)
+    assert agent.ptm_names == ["resnet18_imagenet", "graph_cnn", "resnet18_random"]
+    frozen = agent.actor.extractor.ptms[0]
+    assert frozen.frozen and not any(p.requires_grad for p in frozen.backbone.parameters())
+
+
+def test_seed_toggle_off_gives_the_standard_actor(tmp_path: Path):
+    _, _, agent = build(compose_config(["actor_critic.wsa.enabled=false"], tmp_path))
+    assert not agent.uses_wsa
+
+
+def invalid(tmp_path: Path, overrides: list[str], patch: dict | None = None) -> str:
+    cfg = compose_config(overrides, tmp_path)
+    if patch:
+        OmegaConf.set_struct(cfg, False)
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(patch))
+    with pytest.raises(ConfigError) as info:
+        build(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_typo_in_a_yaml_file_is_caught(tmp_path: Path):
+    assert "did you mean 'learning_rate'" in invalid(tmp_path, [], {"algo": {"learning_rte": 0.1}})
+    assert "did you mean 'num_nodes'" in invalid(tmp_path, [], {"env": {"num_nodez": 10}})
+    assert "did you mean 'hidden_dim'" in invalid(tmp_path, [], {"actor_critic": {"hiden_dim": 3}})
+    assert "unknown top-level key 'sed'" in invalid(tmp_path, [], {"sed": 3})
+    assert "did you mean 'interval'" in invalid(tmp_path, [], {"evaluation": {"intervall": 3}})
+
+
+def test_typo_on_the_cli_is_caught_by_hydra(tmp_path: Path):
+    with pytest.raises(ConfigCompositionException, match="learning_rte"):
+        compose_config(["algo.learning_rte=0.1"], tmp_path)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["ptm_count=5", "experiment=phase4_count"], "between 1 and the pool size 4"),
+        (["env.num_sites=60"], "num_sites"),
+        (["env.r_min=0.5", "env.r_max=0.1"], "r_min"),
+        (["algo.learning_rate=0"], "learning_rate must be > 0"),
+        (["algo.num_minibatches=1000"], "exceeds the batch"),
+        (["algo.num_envs=lots"], "expected int"),
+        (["device=cuda:7"] if not torch.cuda.is_available() else ["device=nonsense"], "device"),
+        (["seed=-1"], "seed must be an integer >= 0"),
+        (["actor_critic.wsa.fusion=sum"], "fusion must be one of"),
+        (["ptm=[]"], "no PTMs"),
+    ],
+)
+def test_invalid_values_are_one_line_errors(overrides: list[str], match: str, tmp_path: Path):
+    assert match in invalid(tmp_path, overrides)
+
+
+def test_explicit_list_and_ptm_group_together_is_an_error(tmp_path: Path):
+    cfg = compose_config([], tmp_path)  # the default ptm pool is set ...
+    with open_dict(cfg):
+        cfg.actor_critic.wsa.pretrained_models = [{"name": "g", "model_type": "graph_cnn"}]  # ... and a list too
+    with pytest.raises(ConfigError, match="use one"):
+        build(cfg)

@@ -1,0 +1,224 @@
+"""Models: attention maths, gradient routing (frozen backbones get none), weights loading, heads."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wsa_lab.envs import CoverageEnv
+from wsa_lab.errors import ConfigError, WeightsNotFoundError
+from wsa_lab.models import (
+    HybridAction,
+    HybridActionHead,
+    MultiPTMFeatureExtractor,
+    PreTrainedModelWrapper,
+    PTMSpec,
+    StateInputs,
+    WeightSharingAttention,
+    build_actor_critic,
+    rasterise_nodes,
+)
+from wsa_lab.models.weights import load_resnet, weights_file_name
+
+SEED_PTMS = [  # the seed's recommended configuration, written as in its YAML
+    {"name": "resnet18_imagenet", "model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},
+    {"name": "graph_cnn", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False},
+    {"name": "resnet18_random", "model_type": "resnet18", "weights": "random", "freeze_backbone": False},
+]
+
+
+@pytest.fixture(scope="module")
+def obs():
+    env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=32, seed=0)
+    return env.reset()
+
+
+def wsa_agent(fusion: str = "wsa", ptms=SEED_PTMS, **kwargs):
+    torch.manual_seed(0)
+    wsa = {"enabled": True, "fusion": fusion, "pretrained_models": ptms, "attention": {"hidden_dim": 32, "dropout": 0.1}}
+    return build_actor_critic(node_feature_dim=6, image_size=32, wsa=wsa, **kwargs)
+
+
+def test_attention_weights_sum_to_one_and_fuse_features():
+    torch.manual_seed(0)
+    attn = WeightSharingAttention(context_dim=5, feature_dim=7, hidden_dim=16, dropout=0.0)
+    context, features = torch.randn(3, 5), torch.randn(3, 4, 7)
+    fused, weights = attn(context, features)
+    assert weights.shape == (3, 4) and fused.shape == (3, 7)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3))
+    assert (weights > 0).all()
+    torch.testing.assert_close(fused, (weights.unsqueeze(-1) * features).sum(1))
+    # weight sharing: the same MLP scores every PTM, so permuting PTMs permutes the weights
+    perm = torch.tensor([2, 0, 3, 1])
+    _, permuted = attn(context, features[:, perm])
+    torch.testing.assert_close(permuted, weights[:, perm])
+    # ...and the state context changes the weighting
+    _, other = attn(torch.randn(3, 5), features)
+    assert not torch.allclose(other, weights)
+
+
+def test_wsa_gradients_reach_trainable_parts_only(obs):
+    agent = wsa_agent()
+    out = agent.get_action_and_value(obs)
+    (out.log_prob.sum() + out.value.sum() + out.features.global_feat.sum()).backward()
+    frozen, graph, random_ = agent.actor.extractor.ptms
+    assert all(p.grad is None and not p.requires_grad for p in frozen.backbone.parameters())
+    assert all(p.grad is not None for p in frozen.adapter.parameters())  # adapters always train
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in graph.backbone.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in random_.backbone.parameters())
+    assert all(p.grad is not None for p in agent.actor.extractor.attention.parameters())
+    assert agent.head.log_std.grad is not None
+
+
+def test_frozen_backbone_keeps_batchnorm_in_eval_mode(obs):
+    agent = wsa_agent()
+    agent.train()
+    frozen, _, random_ = agent.actor.extractor.ptms
+    assert not frozen.backbone.training and frozen.backbone.bn1.training is False
+    assert random_.backbone.training
+    stats = frozen.backbone.bn1.running_mean.clone()
+    agent.get_action_and_value(obs)
+    torch.testing.assert_close(frozen.backbone.bn1.running_mean, stats)
+
+
+@pytest.mark.parametrize("fusion,expected_dim", [("wsa", 16), ("mean", 16), ("concat", 48)])
+def test_fusion_modes(obs, fusion, expected_dim):
+    agent = wsa_agent(fusion=fusion, feature_dim=16)
+    agent.eval()
+    fused = agent.actor.extractor(StateInputs.from_obs(obs), torch.zeros(obs.batch_size, 64))
+    assert fused.fused.shape == (obs.batch_size, expected_dim)
+    assert fused.features.shape == (obs.batch_size, 3, 16)
+    if fusion == "concat":
+        assert fused.weights is None
+    else:
+        torch.testing.assert_close(fused.weights.sum(-1), torch.ones(obs.batch_size))
+    if fusion == "mean":
+        torch.testing.assert_close(fused.fused, fused.features.mean(1))
+
+
+def test_standard_actor_gradients_reach_gnn_through_frozen_cnn(obs):
+    torch.manual_seed(0)
+    agent = build_actor_critic(
+        node_feature_dim=6, image_size=32, wsa={"enabled": False},
+        standard={"model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},
+    )
+    out = agent.get_action_and_value(obs)
+    (out.log_prob.sum() + out.value.sum()).backward()
+    assert all(p.grad is None for p in agent.actor.cnn.parameters())
+    assert agent.actor.encoder.gnn.input.weight.grad.abs().sum() > 0
+    assert agent.actor.to_rgb.weight.grad.abs().sum() > 0  # only reachable through the CNN
+    assert not agent.uses_wsa and agent.ptm_names == []
+
+
+def test_rasterise_nodes_averages_by_cell():
+    values = torch.tensor([[[1.0], [3.0], [5.0]]])
+    positions = torch.tensor([[[0.1, 0.1], [0.2, 0.2], [0.9, 0.6]]])  # first two share cell (0, 0) at 4x4
+    grid = rasterise_nodes(values, positions, 4)
+    assert grid.shape == (1, 1, 4, 4)
+    assert grid[0, 0, 0, 0] == 2.0  # mean of 1 and 3
+    assert grid[0, 0, 2, 3] == 5.0  # row from y=0.6, column from x=0.9
+    assert grid.sum() == 7.0
+
+
+def test_hybrid_head_masks_and_joint_log_prob():
+    torch.manual_seed(0)
+    head = HybridActionHead(node_dim=4, global_dim=3, hidden_dim=8)
+    node_emb, glob = torch.randn(64, 6, 4), torch.randn(64, 3)
+    mask = torch.ones(64, 6, dtype=torch.bool)
+    mask[:, :4] = False
+    out = head(node_emb, glob, mask)
+    assert set(out.action.node.tolist()) <= {4, 5}  # masked nodes are never chosen
+    again = head(node_emb, glob, mask, action=out.action)
+    torch.testing.assert_close(again.log_prob, out.log_prob)
+    # joint log-prob = categorical + Gaussian, recomputed by hand for one sample
+    pairs = torch.cat([node_emb, glob.unsqueeze(1).expand(-1, 6, -1)], -1)
+    logits = head.node_logits(pairs).squeeze(-1).masked_fill(~mask, -1e8)
+    n0, r0 = out.action.node[0], out.action.radius[0]
+    mean = torch.sigmoid(head.radius_mean(pairs[0, n0])).squeeze()
+    std = head.log_std.exp()
+    expected = torch.log_softmax(logits[0], -1)[n0] - 0.5 * ((r0 - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(out.log_prob[0], expected)
+    det = head(node_emb, glob, mask, deterministic=True)
+    assert (det.action.node == logits.argmax(-1)).all()
+
+
+def test_imagenet_weights_load_from_the_hub_cache(fake_torch_home: Path):
+    model = load_resnet("resnet18", "imagenet")
+    state = torch.load(fake_torch_home / "hub" / "checkpoints" / weights_file_name("resnet18"), weights_only=True)
+    torch.testing.assert_close(model.conv1.weight, state["conv1.weight"])
+    # an explicit weights_path wins over the cache
+    other = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    path = fake_torch_home / "custom.pth"
+    torch.save(other, path)
+    torch.testing.assert_close(load_resnet("resnet18", "imagenet", weights_path=str(path)).conv1.weight, other["conv1.weight"])
+
+
+def test_missing_imagenet_weights_fail_fast_with_instructions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    start = time.time()
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_resnet("resnet34", "imagenet")
+    assert time.time() - start < 5  # no download attempt, no hang
+    message = str(info.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth") in message
+    assert "https://download.pytorch.org/models/resnet34-b627a593.pth" in message
+    assert "\n" not in message
+
+
+def test_corrupt_weight_file_is_an_error_not_random_weights(tmp_path: Path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsNotFoundError, match="could not load ImageNet weights"):
+        load_resnet("resnet18", "imagenet", weights_path=str(path))
+
+
+@pytest.mark.parametrize(
+    "entry,match",
+    [
+        ({"name": "g", "model_type": "graph_cnn", "weights": "imagenet"}, "graph_cnn has no pre-trained weights"),
+        ({"name": "x", "model_type": "resnet101", "weights": "imagenet"}, "unknown model_type 'resnet101'"),
+        ({"name": "r", "model_type": "resnet18", "weights": "imagnet"}, "weights must be one of"),
+        ({"name": "r", "model_type": "resnet18", "weights": "random", "freeze": True}, "did you mean 'freeze_backbone'"),
+        ({"name": "r", "model_type": "resnet18", "weights": "random", "freeze_backbone": "yes"}, "expected bool"),
+    ],
+)
+def test_bad_ptm_entries_are_clear_errors(entry, match):
+    with pytest.raises(ConfigError, match=match):
+        wsa_agent(ptms=[entry])
+
+
+def test_wsa_without_ptms_is_an_error():
+    with pytest.raises(ConfigError, match="no PTMs"):
+        wsa_agent(ptms=[])
+
+
+def test_gradient_checkpointing_gives_identical_gradients(obs):
+    spec = PTMSpec(name="r", model_type="resnet18", weights="random", freeze_backbone=False)
+    grads = []
+    for min_nodes in (10_000, 0):  # off, then on (obs has 20 nodes)
+        torch.manual_seed(0)
+        ptm = PreTrainedModelWrapper(spec, feature_dim=8, node_feature_dim=6, checkpoint_min_nodes=min_nodes)
+        ptm.eval()  # BatchNorm running stats would otherwise update twice under recomputation
+        ptm(StateInputs.from_obs(obs)).sum().backward()
+        grads.append(ptm.backbone.conv1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_extractor_reports_names_in_order():
+    agent = wsa_agent()
+    assert isinstance(agent.actor.extractor, MultiPTMFeatureExtractor)
+    assert agent.ptm_names == ["resnet18_imagenet", "graph_cnn", "resnet18_random"]
+
+
+def test_evaluate_and_update_paths_agree_on_log_prob(obs):
+    agent = wsa_agent()
+    agent.eval()
+    with torch.no_grad():
+        first = agent.get_action_and_value(obs)
+        again = agent.get_action_and_value(obs, HybridAction(first.action.node, first.action.radius))
+    torch.testing.assert_close(again.log_prob, first.log_prob)
+    torch.testing.assert_close(again.value, first.value)

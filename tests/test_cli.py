@@ -70,4 +70,4 @@ def test_missing_imagenet_weights_say_where_to_put_them(tmp_path: Path, fake_tor
 
 def test_unknown_ptm_name_is_hydras_clear_error(tmp_path: Path, fake_torch_home: Path):
     proc = wsa_lab(["ptm=[resnet18_imagnet]"], cwd=tmp_path, torch_home=fake_torch_home)
-    assert_one_line_error(proc, "resnet18_imagnet", "resnet18_imagenet")
+    assert_one_line_error(proc, "Could not load 'ptm/resnet18_imagnet'")

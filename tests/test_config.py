@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_config, experiment_names
 from wsa_lab.config import validate
 from wsa_lab.errors import ConfigError
-from wsa_lab.train import make_env
+from wsa_lab.train import make_agent, make_env
 
 EXPECTED_EXPERIMENTS = {
     "phase1_baseline", "phase1_wsa3", "phase2_all_imagenet", "phase2_all_random", "phase2_mixed",
@@ -53,7 +52,7 @@ actor_critic:
 def build(cfg):
     settings = validate(cfg)
     env = make_env(cfg, num_envs=2, seed=cfg.seed)
-    agent = instantiate(cfg.actor_critic, node_feature_dim=env.node_feature_dim, image_size=env.image_size, _convert_="all")
+    agent = make_agent(cfg, env)
     return settings, env, agent
 
 
@@ -72,7 +71,7 @@ def test_every_experiment_composes_instantiates_and_acts(experiment: str, tmp_pa
     if experiment == "phase1_baseline":
         assert not agent.uses_wsa
     else:
-        expected = [p["name"] for p in OmegaConf.to_container(cfg.actor_critic.wsa.pretrained_models, resolve=True)]
+        expected = [p["name"] for p in cfg.actor_critic.wsa.pretrained_models]
         assert agent.ptm_names == expected and len(expected) >= 2
         assert out.features.fusion.weights.shape == (2, len(expected))
 
@@ -135,7 +134,7 @@ def test_typo_in_a_yaml_file_is_caught(tmp_path: Path):
     assert "did you mean 'learning_rate'" in invalid(tmp_path, [], {"algo": {"learning_rte": 0.1}})
     assert "did you mean 'num_nodes'" in invalid(tmp_path, [], {"env": {"num_nodez": 10}})
     assert "did you mean 'hidden_dim'" in invalid(tmp_path, [], {"actor_critic": {"hiden_dim": 3}})
-    assert "unknown top-level key 'sed'" in invalid(tmp_path, [], {"sed": 3})
+    assert "config: unknown key 'sed' (did you mean 'seed'?)" in invalid(tmp_path, [], {"sed": 3})
     assert "did you mean 'interval'" in invalid(tmp_path, [], {"evaluation": {"intervall": 3}})
 
 

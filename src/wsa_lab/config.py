@@ -95,6 +95,7 @@ class RunSettings:
     algo: PPOConfig
     evaluation: EvaluationConfig
     checkpoint: CheckpointConfig
+    device: torch.device
 
 
 def validate(cfg: DictConfig) -> RunSettings:
@@ -108,6 +109,7 @@ def validate(cfg: DictConfig) -> RunSettings:
         algo=structured(PPOConfig, cfg.algo, "algo"),
         evaluation=structured(EvaluationConfig, cfg.evaluation, "evaluation"),
         checkpoint=structured(CheckpointConfig, cfg.checkpoint, "checkpoint"),
+        device=resolve_device(str(cfg.device)),
     )
     for name, sub in (cfg.logger or {}).items():
         if name == "console":

@@ -12,25 +12,45 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from wsa_lab.checkpoint import save_checkpoint
-from wsa_lab.config import resolve_device, validate
+from wsa_lab.config import validate
 from wsa_lab.envs import CoverageEnv
-from wsa_lab.errors import ConfigError
+from wsa_lab.errors import ConfigError, WsaLabError
+from wsa_lab.models import ActorCritic
 from wsa_lab.rl import PPO, Evaluator
 from wsa_lab.seeding import rng_state, seed_everything
 from wsa_lab.tracking import MetricsWriter, write_json_atomic
 
 
-def make_env(cfg: DictConfig, **kwargs: Any) -> CoverageEnv:
-    """Instantiate `cfg.env`; its argument errors become one-line ConfigErrors."""
+def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, with the component's own argument errors as one-line ConfigErrors."""
     try:
-        return instantiate(cfg.env, **kwargs)
-    except ValueError as exc:  # the env's own argument checks (K >= N, r_min > r_max, ...)
-        raise ConfigError(f"env: {exc}") from exc
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, WsaLabError):
+            raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):  # e.g. the env's checks: K >= N, r_min > r_max
+            raise ConfigError(f"{where}: {cause}") from cause
+        raise
+
+
+def make_env(cfg: DictConfig, **kwargs: Any) -> CoverageEnv:
+    """The environment of `cfg.env`; `num_envs`, `seed`, `device`, `autoreset` come from the caller."""
+    return _instantiate(cfg.env, "env", **kwargs)
+
+
+def make_agent(cfg: DictConfig, env: CoverageEnv) -> ActorCritic:
+    """The actor-critic of `cfg.actor_critic`, sized for `env`'s observations."""
+    return _instantiate(
+        cfg.actor_critic, "actor_critic",
+        node_feature_dim=env.node_feature_dim, image_size=env.image_size, _convert_="all",
+    )
 
 
 def _count_params(module: torch.nn.Module) -> tuple[int, int]:
@@ -45,12 +65,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    device = resolve_device(cfg.device)
+    device = settings.device
     seed_everything(cfg.seed)
     env = make_env(cfg, num_envs=algo.num_envs, seed=cfg.seed, device=device)
-    agent = instantiate(
-        cfg.actor_critic, node_feature_dim=env.node_feature_dim, image_size=env.image_size, _convert_="all"
-    ).to(device)
+    agent = make_agent(cfg, env).to(device)
     eval_env = make_env(cfg, num_envs=eval_cfg.num_instances, seed=eval_cfg.seed, device=device, autoreset=False)
     evaluator = Evaluator(eval_env, eval_cfg.seed, eval_cfg.radius_grid)
     wsa_logging = cfg.actor_critic.wsa.get("logging", {}) if agent.uses_wsa else {}

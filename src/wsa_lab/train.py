@@ -24,7 +24,7 @@ from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.models import ActorCritic
 from wsa_lab.rl import PPO, Evaluator
 from wsa_lab.seeding import rng_state, seed_everything
-from wsa_lab.tracking import MetricsWriter, write_json_atomic
+from wsa_lab.tracking import build_tracker
 
 
 def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
@@ -97,31 +97,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     last_eval: dict[str, float] = {}
     best_ratio = float("-inf")
-    summary["status"] = "running"
-    write_json_atomic(summary, run_dir / "summary.json")
-    with MetricsWriter(run_dir) as writer, tqdm(
-        total=algo.num_iterations * algo.batch_size, unit="step", disable=not progress, dynamic_ncols=True
-    ) as bar:
-        writer.log(evaluator.reference, step=0)
-        while ppo.iteration < algo.num_iterations:
-            metrics = ppo.iterate()
-            last = ppo.iteration == algo.num_iterations
-            if ppo.iteration % eval_cfg.interval == 0 or last:
-                last_eval = evaluator.evaluate(agent)
-                best_ratio = max(best_ratio, last_eval["eval/greedy_ratio"])
-                metrics.update(last_eval)
-            writer.log(metrics, step=ppo.global_step)
-            if ppo.iteration % ckpt_cfg.interval == 0 or last:
-                save_checkpoint(
-                    {**ppo.state_dict(), "rng": rng_state(), "env_rng": env.generator.get_state()},
-                    run_dir / "checkpoints" / "last.pt",
+    tracker = build_tracker(cfg, run_dir)
+    tracker.write_summary({**summary, "status": "running"})
+    try:
+        with tqdm(total=algo.num_iterations * algo.batch_size, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+            tracker.log(evaluator.reference, step=0)
+            while ppo.iteration < algo.num_iterations:
+                metrics = ppo.iterate()
+                last = ppo.iteration == algo.num_iterations
+                if ppo.iteration % eval_cfg.interval == 0 or last:
+                    last_eval = evaluator.evaluate(agent)
+                    best_ratio = max(best_ratio, last_eval["eval/greedy_ratio"])
+                    metrics.update(last_eval)
+                tracker.log(metrics, step=ppo.global_step)
+                if ppo.last_attention is not None:
+                    tracker.log_attention(ppo.last_attention, agent.ptm_names, step=ppo.global_step)
+                if ppo.iteration % ckpt_cfg.interval == 0 or last:
+                    save_checkpoint(
+                        {**ppo.state_dict(), "rng": rng_state(), "env_rng": env.generator.get_state()},
+                        run_dir / "checkpoints" / "last.pt",
+                    )
+                bar.update(algo.batch_size)
+                bar.set_postfix(
+                    ret=f"{metrics.get('charts/episodic_return', float('nan')):.3f}",
+                    greedy_ratio=f"{last_eval.get('eval/greedy_ratio', float('nan')):.3f}",
+                    sps=f"{metrics['charts/SPS']:.0f}",
                 )
-            bar.update(algo.batch_size)
-            bar.set_postfix(
-                ret=f"{metrics.get('charts/episodic_return', float('nan')):.3f}",
-                greedy_ratio=f"{last_eval.get('eval/greedy_ratio', float('nan')):.3f}",
-                sps=f"{metrics['charts/SPS']:.0f}",
-            )
+    except BaseException as exc:
+        tracker.finish({**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "global_step": ppo.global_step})
+        raise
     summary.update(
         status="completed",
         global_step=ppo.global_step,
@@ -130,5 +134,5 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best_greedy_ratio=best_ratio,
         **last_eval,
     )
-    write_json_atomic(summary, run_dir / "summary.json")
+    tracker.finish(summary)
     return summary

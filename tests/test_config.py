@@ -156,10 +156,26 @@ def test_typo_on_the_cli_is_caught_by_hydra(tmp_path: Path):
         (["seed=-1"], "seed must be an integer >= 0"),
         (["actor_critic.wsa.fusion=sum"], "fusion must be one of"),
         (["ptm=[]"], "no PTMs"),
+        (["env.image_size=16"], "too small for resnet18"),
+        (["experiment=phase1_baseline", "env.image_size=16"], "too small for resnet18"),
+        (["actor_critic.standard.weights=imagnet", "experiment=phase1_baseline"], "weights must be one of"),
     ],
 )
 def test_invalid_values_are_one_line_errors(overrides: list[str], match: str, tmp_path: Path):
     assert match in invalid(tmp_path, overrides)
+
+
+def test_graph_only_runs_may_use_small_images(tmp_path: Path):
+    settings, env, agent = build(compose_config(["ptm=[graph_cnn]", "env.image_size=16"], tmp_path))
+    assert env.image_size == 16 and agent.ptm_names == ["graph_cnn"]
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cfg = compose_config([], blocker / "run")
+    with pytest.raises(ConfigError, match="cannot create the output folder"):
+        validate(cfg)
 
 
 def test_explicit_list_and_ptm_group_together_is_an_error(tmp_path: Path):

@@ -129,8 +129,32 @@ def validate(cfg: DictConfig) -> RunSettings:
         )
     check_kwargs(CoverageEnv, cfg.env, "env", ("num_envs", "seed", "device", "autoreset"))
     check_kwargs(build_actor_critic, cfg.actor_critic, "actor_critic", ("node_feature_dim", "image_size"))
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_image_size(cfg)
+    _check_output_dir(Path(cfg.paths.output_dir))
+    return settings
+
+
+MIN_RESNET_IMAGE = 32  # ResNets downsample 32x: below this the last stages see 1x1 padding, not the image
+
+
+def _check_image_size(cfg: DictConfig) -> None:
+    wsa = cfg.actor_critic.wsa
+    if wsa.get("enabled", True):
+        resnets = [p["model_type"] for p in wsa.pretrained_models if str(p.get("model_type", "")).startswith("resnet")]
+    else:
+        resnets = [cfg.actor_critic.standard.model_type]
+    size = cfg.env.image_size
+    if resnets and isinstance(size, int) and size < MIN_RESNET_IMAGE:
+        raise ConfigError(
+            f"env.image_size={size} is too small for {resnets[0]} (ResNets downsample 32x); "
+            f"use env.image_size>={MIN_RESNET_IMAGE} or only graph_cnn PTMs"
+        )
+
+
+def _check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {out}: {exc.strerror}; set hydra.run.dir to a writable folder") from exc
     if not os.access(out, os.W_OK):
         raise ConfigError(f"output folder {out} is not writable; set hydra.run.dir to a writable folder")
-    return settings

@@ -222,3 +222,13 @@ def test_evaluate_and_update_paths_agree_on_log_prob(obs):
         again = agent.get_action_and_value(obs, HybridAction(first.action.node, first.action.radius))
     torch.testing.assert_close(again.log_prob, first.log_prob)
     torch.testing.assert_close(again.value, first.value)
+
+
+def test_actors_handle_2000_node_graphs_with_checkpointing():
+    env = CoverageEnv(num_envs=2, num_nodes=2000, num_sites=5, image_size=32, seed=0)
+    big = env.reset()
+    for agent in (wsa_agent(), build_actor_critic(node_feature_dim=6, image_size=32, wsa={"enabled": False})):
+        assert agent.actor.encoder.out_dim > 0
+        out = agent.get_action_and_value(big)  # 2000 > checkpoint_min_nodes: CNN bodies are checkpointed
+        (out.log_prob.sum() + out.value.sum()).backward()
+        assert out.action.node.max() < 2000 and torch.isfinite(out.log_prob).all()

@@ -39,6 +39,15 @@ def _isolated_torch_home(fake_torch_home: Path, monkeypatch: pytest.MonkeyPatch)
     return fake_torch_home
 
 
+@pytest.fixture(autouse=True)
+def _offline_wandb(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B never goes online from a test, whatever the developer's shell says, and keeps its files here."""
+    home = tmp_path_factory.getbasetemp() / "wandb_home"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(home / var.lower()))
+
+
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose `conf/` like the CLI does (without running Hydra's app), with the run folder set."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -52,5 +61,6 @@ def experiment_names() -> list[str]:
 def subprocess_env(torch_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["TORCH_HOME"] = str(torch_home)
+    env["WANDB_MODE"] = "offline"
     env.pop("HYDRA_FULL_ERROR", None)
     return env

@@ -30,18 +30,24 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["phase1_baseline", "phase3_hybrid"])
 def test_cli_trains_from_any_working_directory(experiment: str, tmp_path: Path, fake_torch_home: Path):
-    proc = wsa_lab([f"experiment={experiment}", *TINY], cwd=tmp_path, torch_home=fake_torch_home)
+    # the WSA run keeps the default loggers (console, health, W&B offline, TensorBoard)
+    args = [o for o in TINY if experiment == "phase1_baseline" or not o.startswith("logger=")]
+    proc = wsa_lab([f"experiment={experiment}", *args], cwd=tmp_path, torch_home=fake_torch_home)
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = list((tmp_path / "runs").glob(f"*/*_{experiment}_seed0"))
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt"):
         assert (run_dir / name).is_file(), name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["name"] == experiment
+    if experiment == "phase3_hybrid":
+        assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+        assert "wandb sync" in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
 def test_two_sweeps_started_together_get_their_own_folders(tmp_path: Path, fake_torch_home: Path):
-    args = ["-m", "experiment=phase4_count", "ptm_count=2", "ptm=[graph_cnn,resnet18_random]", *TINY]
+    args = ["-m", "experiment=phase4_count", "ptm_count=2", "seed=0", "ptm=[graph_cnn,resnet18_random]", *TINY]
     procs = [
         subprocess.Popen([sys.executable, "-m", "wsa_lab", *args], cwd=tmp_path, env=subprocess_env(fake_torch_home),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -12,10 +12,11 @@ from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.tracking import read_metrics
 from wsa_lab.train import train
 
+# A tiny budget; only the console logger (the W&B/TensorBoard backends have their own tests).
 TINY = [
     "algo.total_timesteps=64", "algo.num_envs=4", "algo.num_steps=8", "algo.num_minibatches=2", "algo.update_epochs=1",
     "env.num_nodes=20", "env.knn_k=4", "env.num_sites=3", "evaluation.num_instances=4", "evaluation.interval=1",
-    "checkpoint.interval=1", "logger.console.progress_bar=false",
+    "checkpoint.interval=1", "logger=[console]", "logger.console.progress_bar=false",
 ]
 TIMING_KEYS = {"charts/SPS"}
 

@@ -1,4 +1,8 @@
-"""`python -m wsa_lab [overrides]`: the Hydra entry point. Thin on purpose: `main(cfg)` calls `train(cfg)`."""
+"""`python -m wsa_lab [overrides]`: the Hydra entry point. Thin on purpose: `main(cfg)` calls `train(cfg)`.
+
+`entry()` wraps it for sweeps (`-m`): after the last job it prints the sweep's outcome, one line per failed
+job, and exits non-zero when any failed (see `wsa_lab.sweep`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab.config import config_dir
 from wsa_lab.errors import WsaLabError
+from wsa_lab.sweep import finish_sweep
 from wsa_lab.train import train
 
 log = logging.getLogger("wsa_lab")
@@ -34,8 +39,13 @@ def main(cfg: DictConfig) -> float:
 
 
 def entry() -> None:
-    main()
+    try:
+        main()
+    finally:
+        failed = finish_sweep()  # a sweep's outcome; 0 when no sweep ran
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    entry()

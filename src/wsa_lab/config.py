@@ -19,7 +19,7 @@ from wsa_lab.schema import structured, unknown_key_error
 
 ROOT_KEYS = (
     "name", "phase", "seed", "device", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
-    "paths", "evaluation", "checkpoint",
+    "paths", "evaluation", "checkpoint", "resume",
 )
 
 
@@ -41,6 +41,10 @@ def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> list[d
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("wsa_lab.ptm_list"):
         OmegaConf.register_new_resolver("wsa_lab.ptm_list", ptm_list)
+    if not OmegaConf.has_resolver("wsa_lab.pid"):
+        # `${wsa_lab.pid:}` in run/sweep folder names: cached like `${now:}`, so a sweep's jobs (also Slurm
+        # array tasks, whose pickled config carries the cache) see the submitting process's id
+        OmegaConf.register_new_resolver("wsa_lab.pid", os.getpid, use_cache=True)
 
 
 register_resolvers()

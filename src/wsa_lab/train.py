@@ -1,11 +1,14 @@
 """`train(cfg)`: build env, actor-critic and PPO from the composed config, train, and fill the run folder.
 
 The run folder (`paths.output_dir`) gets: `.hydra/` (Hydra), `resolved_config.yaml`, `metrics.jsonl`,
-`summary.json` and `checkpoints/last.pt`.
+`summary.json` and `checkpoints/{last,prev}.pt`. A folder that already holds a checkpoint is resumed
+(`resume=false` starts over); see `wsa_lab.resume`.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import platform
 import time
 from pathlib import Path
@@ -17,14 +20,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from wsa_lab.checkpoint import save_checkpoint
+from wsa_lab.checkpoint import load_latest, save_rotating
 from wsa_lab.config import validate
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.models import ActorCritic
+from wsa_lab.resume import StopSignals, config_differences, config_snapshot, truncate_metrics
 from wsa_lab.rl import PPO, Evaluator
-from wsa_lab.seeding import rng_state, seed_everything
+from wsa_lab.seeding import rng_state, seed_everything, set_rng_state
 from wsa_lab.tracking import build_tracker
+
+log = logging.getLogger(__name__)
+
+# What a checkpoint must hold to resume from it (besides PPO.state_dict's keys).
+CHECKPOINT_KEYS = ("agent", "optimizer", "global_step", "iteration", "env", "rng", "history", "config")
 
 
 def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
@@ -58,12 +67,58 @@ def _count_params(module: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
+def _start_over(run_dir: Path, drop_checkpoints: bool) -> None:
+    """A fresh start in `run_dir`: no metrics from an earlier attempt (and, if asked, no old checkpoints)."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        log.warning("starting over in %s: replacing its metrics.jsonl", run_dir)
+        metrics.unlink()
+    for name in ("last.pt", "prev.pt") if drop_checkpoints else ():
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            log.warning("resume=false: deleting %s", path)
+            path.unlink()
+
+
+def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: CoverageEnv, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+    """Continue from the run folder's newest usable checkpoint; return its history, or None for a fresh start."""
+    if not isinstance(cfg.get("resume", True), bool):
+        raise ConfigError(f"resume must be true or false, got {cfg.resume!r}")
+    if not cfg.get("resume", True):
+        _start_over(run_dir, drop_checkpoints=True)
+        return None
+    found = load_latest(run_dir / "checkpoints", required=CHECKPOINT_KEYS)
+    if found is None:
+        _start_over(run_dir, drop_checkpoints=False)
+        return None
+    state, path = found
+    differences = config_differences(state["config"], snapshot)
+    if differences:
+        raise ConfigError(
+            f"{run_dir} holds a checkpoint of another config ({'; '.join(differences[:5])}"
+            f"{'; ...' if len(differences) > 5 else ''}); resume with the same settings, pass resume=false to "
+            "start over there, or choose another hydra.run.dir"
+        )
+    ppo.load_state_dict(state)
+    env.load_state_dict(state["env"])
+    set_rng_state(state["rng"])
+    dropped = truncate_metrics(run_dir / "metrics.jsonl", ppo.global_step)
+    log.info(
+        "resuming from %s at global_step %d (iteration %d); %d metrics lines logged after it were dropped",
+        path, ppo.global_step, ppo.iteration, dropped,
+    )
+    history = dict(state["history"])
+    history["resumed_from_steps"] = [*history.get("resumed_from_steps", []), ppo.global_step]
+    return history
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one run; return its summary (final and best evaluation, references, sizes, timing)."""
+    """Train one run (or resume it from its folder's checkpoint); return its summary."""
     settings = validate(cfg)
     algo, eval_cfg, ckpt_cfg = settings.algo, settings.evaluation, settings.checkpoint
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    snapshot = config_snapshot(cfg)
 
     device = settings.device
     seed_everything(cfg.seed)
@@ -93,46 +148,72 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "host": platform.node(),
         **evaluator.reference,
     }
+    # evaluation history and time spent, carried across restarts by the checkpoint
+    history: dict[str, Any] = {"best_greedy_ratio": -math.inf, "last_eval": {}, "wall_time_s": 0.0, "resumed_from_steps": []}
+    resumed = _restore(cfg, run_dir, ppo, env, snapshot)
+    if resumed is not None:
+        history.update(resumed)
+    summary["resumed_from_steps"] = history["resumed_from_steps"]
     progress = cfg.logger.get("console", {}).get("progress_bar", True)
-    start = time.time()
-    last_eval: dict[str, float] = {}
-    best_ratio = float("-inf")
+    start, resumed_time = time.time(), history["wall_time_s"]
+
+    def checkpoint() -> None:
+        history["wall_time_s"] = resumed_time + time.time() - start
+        save_rotating(
+            {
+                **ppo.state_dict(), "env": env.state_dict(), "rng": rng_state(), "env_rng": env.generator.get_state(),
+                "history": history, "config": snapshot,
+            },
+            run_dir / "checkpoints",
+        )
+
+    stopped_on_signal = False
     tracker = build_tracker(cfg, run_dir)
     tracker.write_summary({**summary, "status": "running"})
     try:
-        with tqdm(total=algo.num_iterations * algo.batch_size, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-            tracker.log(evaluator.reference, step=0)
+        with StopSignals() as signals, tqdm(
+            total=algo.num_iterations * algo.batch_size, initial=ppo.iteration * algo.batch_size, unit="step",
+            disable=not progress, dynamic_ncols=True,
+        ) as bar:
+            if resumed is None:
+                tracker.log(evaluator.reference, step=0)
             while ppo.iteration < algo.num_iterations:
                 metrics = ppo.iterate()
                 last = ppo.iteration == algo.num_iterations
                 if ppo.iteration % eval_cfg.interval == 0 or last:
-                    last_eval = evaluator.evaluate(agent)
-                    best_ratio = max(best_ratio, last_eval["eval/greedy_ratio"])
-                    metrics.update(last_eval)
+                    history["last_eval"] = evaluator.evaluate(agent)
+                    ratio = history["last_eval"]["eval/greedy_ratio"]
+                    history["best_greedy_ratio"] = max(history["best_greedy_ratio"], ratio)
+                    metrics.update(history["last_eval"])
                 tracker.log(metrics, step=ppo.global_step)
                 if ppo.last_attention is not None:
                     tracker.log_attention(ppo.last_attention, agent.ptm_names, step=ppo.global_step)
-                if ppo.iteration % ckpt_cfg.interval == 0 or last:
-                    save_checkpoint(
-                        {**ppo.state_dict(), "rng": rng_state(), "env_rng": env.generator.get_state()},
-                        run_dir / "checkpoints" / "last.pt",
-                    )
+                stop = signals.requested and not last
+                if ppo.iteration % ckpt_cfg.interval == 0 or last or stop:
+                    checkpoint()
                 bar.update(algo.batch_size)
                 bar.set_postfix(
                     ret=f"{metrics.get('charts/episodic_return', float('nan')):.3f}",
-                    greedy_ratio=f"{last_eval.get('eval/greedy_ratio', float('nan')):.3f}",
+                    greedy_ratio=f"{history['last_eval'].get('eval/greedy_ratio', float('nan')):.3f}",
                     sps=f"{metrics['charts/SPS']:.0f}",
                 )
+                if stop:
+                    stopped_on_signal = True
+                    signals.stop()  # requeue through submitit's handler, or exit 128 + signal
     except BaseException as exc:
-        tracker.finish({**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "global_step": ppo.global_step})
+        status = "interrupted" if stopped_on_signal else "failed"
+        tracker.finish({
+            **summary, "status": status, "error": f"{type(exc).__name__}: {exc}", "global_step": ppo.global_step,
+            "wall_time_s": resumed_time + time.time() - start,
+        })
         raise
     summary.update(
         status="completed",
         global_step=ppo.global_step,
         iterations=ppo.iteration,
-        wall_time_s=time.time() - start,
-        best_greedy_ratio=best_ratio,
-        **last_eval,
+        wall_time_s=resumed_time + time.time() - start,
+        best_greedy_ratio=history["best_greedy_ratio"],
+        **history["last_eval"],
     )
     tracker.finish(summary)
     return summary

@@ -8,6 +8,8 @@ from .instances import generate_instances, knn_neighbors
 from .observation import NODE_FEATURE_DIM, NODE_FEATURE_NAMES, CoverageObs
 from .policies import greedy_action, greedy_returns, random_action, random_returns, run_episodes
 from .render import render_image
+from .cities import CityInstance, city_instance
+from .suites import Condition, ConditionSpec, PreparedCondition, build_conditions, prepare_condition
 
 GYM_ENV_ID = "wsa_lab/Coverage-v0"
 
@@ -19,13 +21,20 @@ __all__ = [
     "GYM_ENV_ID",
     "NODE_FEATURE_DIM",
     "NODE_FEATURE_NAMES",
+    "CityInstance",
+    "Condition",
+    "ConditionSpec",
     "CoverageEnv",
     "CoverageGymEnv",
     "CoverageObs",
+    "PreparedCondition",
+    "build_conditions",
+    "city_instance",
     "generate_instances",
     "greedy_action",
     "greedy_returns",
     "knn_neighbors",
+    "prepare_condition",
     "random_action",
     "random_returns",
     "render_image",

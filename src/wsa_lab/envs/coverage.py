@@ -316,3 +316,26 @@ class CoverageEnv:
         # This step's outputs hold copies of the flags; the new episodes start clean.
         self._terminated &= ~mask
         self._truncated &= ~mask
+
+    # ------------------------------------------------------------------ checkpointing
+    _STATE_TENSORS = (
+        "pos", "demand", "neighbors", "covered", "is_site", "site_radius", "t", "episode_return", "ended",
+        "_terminated", "_truncated",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running state (every episode in flight + the instance generator), for checkpoints.
+
+        Restoring it with :meth:`load_state_dict` on an env built with the same arguments continues
+        the exact same stream of episodes. Tensors only (loads with ``torch.load(weights_only=True)``).
+        """
+        state: dict[str, Any] = {name: getattr(self, name).clone() for name in self._STATE_TENSORS}
+        state.update(num_envs=self.num_envs, num_nodes=self.num_nodes, seed=self.seed, generator=self._generator.get_state())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output (tensors may come from another device)."""
+        self.num_envs, self.num_nodes, self.seed = int(state["num_envs"]), int(state["num_nodes"]), int(state["seed"])
+        for name in self._STATE_TENSORS:
+            setattr(self, name, state[name].to(self.device).clone())
+        self._generator.set_state(state["generator"].cpu())

@@ -75,6 +75,7 @@ class StandardActor(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.adapter = nn.Sequential(nn.Linear(RESNETS[model_type].out_dim, feature_dim), nn.ReLU())
         self.global_dim = encoder.context_dim + feature_dim
+        self.channels_last = False  # NHWC grid for the CNN; set by ActorCritic on a GPU (actor_critic.gpu)
 
     def train(self, mode: bool = True) -> "StandardActor":
         super().train(mode)
@@ -82,10 +83,13 @@ class StandardActor(nn.Module):
         return self
 
     def forward(self, inputs: StateInputs) -> ActorFeatures:
-        h, context = self.encoder(inputs.x, inputs.edge_index, inputs.batch, inputs.num_graphs)
+        h, context = self.encoder(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
         node_emb = h.view(inputs.num_graphs, inputs.num_nodes, -1)
-        grid = rasterise_nodes(torch.sigmoid(self.to_rgb(node_emb)), inputs.positions, self.image_size)
+        # float32: under bf16 autocast, per-cell counts of large graphs would lose precision
+        grid = rasterise_nodes(torch.sigmoid(self.to_rgb(node_emb)).float(), inputs.positions, self.image_size)
         grid = (grid - self.mean) / self.std
+        if self.channels_last:
+            grid = grid.contiguous(memory_format=torch.channels_last)
         feat = self.adapter(run_cnn(self.cnn, grid, inputs.num_nodes > self.checkpoint_min_nodes))
         return ActorFeatures(node_emb, torch.cat([context, feat], dim=-1), None)
 
@@ -108,7 +112,7 @@ class WSAEnhancedActor(nn.Module):
         self.global_dim = encoder.context_dim + extractor.out_dim
 
     def forward(self, inputs: StateInputs) -> ActorFeatures:
-        h, context = self.encoder(inputs.x, inputs.edge_index, inputs.batch, inputs.num_graphs)
+        h, context = self.encoder(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
         fused = self.extractor(inputs, context)
         node_emb = h.view(inputs.num_graphs, inputs.num_nodes, -1)
         return ActorFeatures(node_emb, torch.cat([context, fused.fused], dim=-1), fused)

@@ -29,6 +29,8 @@ class MultiPTMFeatureExtractor(nn.Module):
         - ``mean``: uniform average, the "ensemble" baseline; weights are reported as :math:`1/P`.
         - ``concat``: concatenation, no weights; `out_dim` = P x F.
 
+    Frozen PTMs whose backbone output is in ``inputs.cached_features`` only run their adapter.
+
     Shapes:
         - input: :class:`StateInputs` of B states, context :math:`(B, C)`
         - output: :class:`FusedFeatures`
@@ -58,8 +60,19 @@ class MultiPTMFeatureExtractor(nn.Module):
         )
         self.out_dim = feature_dim * len(ptms) if fusion == "concat" else feature_dim
 
+    @property
+    def frozen_indices(self) -> list[int]:
+        """Indices of the PTMs whose backbone is frozen (their backbone output can be cached)."""
+        return [i for i, ptm in enumerate(self.ptms) if ptm.frozen]
+
+    def frozen_features(self, inputs: StateInputs) -> dict[int, Tensor]:
+        """Backbone outputs of the frozen PTMs, ``{index: (B, D_backbone)}``, for the frozen-feature cache."""
+        with torch.no_grad():
+            return {i: self.ptms[i].backbone_features(inputs) for i in self.frozen_indices}
+
     def forward(self, inputs: StateInputs, context: Tensor) -> FusedFeatures:
-        features = torch.stack([ptm(inputs) for ptm in self.ptms], dim=1)  # (B, P, F)
+        cached = inputs.cached_features or {}  # frozen PTMs found here skip their backbone
+        features = torch.stack([ptm(inputs, cached.get(i)) for i, ptm in enumerate(self.ptms)], dim=1)  # (B, P, F)
         if self.fusion == "wsa":
             fused, weights = self.attention(context, features)
         elif self.fusion == "mean":

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+from torchvision.models import ResNet
 
 from wsa_lab.envs import CoverageObs
+from wsa_lab.models.encoders import gcn_adjacency
 
 
 class StateInputs(NamedTuple):
     r"""A batch of B states with N nodes each.
 
+    `adj_t` is the GCN-normalised adjacency of `edge_index` (:func:`~wsa_lab.models.encoders.gcn_adjacency`),
+    built once here and shared by every GCN layer of every model that reads these states (`graph`).
+
+    `cached_features` maps a PTM's index (its position in the extractor) to that PTM's frozen backbone
+    output for these states, computed earlier (the rollout's frozen-feature cache, see
+    :meth:`~wsa_lab.models.ActorCritic.frozen_features`); PTMs found there skip their backbone.
+
     Shapes:
         - x: :math:`(B \cdot N, F)` node features; edge_index: :math:`(2, |E|)`; batch: :math:`(B \cdot N,)`
         - image: :math:`(B, 3, H, W)` in [0, 1]; action_mask: :math:`(B, N)`; positions: :math:`(B, N, 2)`
+        - adj_t: :math:`(B \cdot N, B \cdot N)` sparse CSR, or None (then `graph` is `edge_index`)
+        - cached_features: ``{ptm index: (B, D_backbone)}`` or None
     """
 
     x: Tensor
@@ -27,23 +38,52 @@ class StateInputs(NamedTuple):
     positions: Tensor
     num_graphs: int
     num_nodes: int
+    adj_t: Optional[Tensor] = None
+    cached_features: Optional[dict[int, Tensor]] = None
+
+    @property
+    def graph(self) -> Tensor:
+        """What the GCN encoders take: the prebuilt normalised adjacency, else the edge list."""
+        return self.edge_index if self.adj_t is None else self.adj_t
 
     @classmethod
-    def from_obs(cls, obs: CoverageObs) -> "StateInputs":
+    def from_obs(
+        cls, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None, channels_last: bool = False
+    ) -> "StateInputs":
+        image = obs.image.contiguous(memory_format=torch.channels_last) if channels_last else obs.image
+        edge_index = obs.edge_index()
         return cls(
             x=obs.flat_node_features(),
-            edge_index=obs.edge_index(),
+            edge_index=edge_index,
             batch=obs.batch_vector(),
-            image=obs.image,
+            image=image,
             action_mask=obs.action_mask,
             positions=obs.node_features[..., 3:5],  # (x, y) columns, see CoverageObs
             num_graphs=obs.batch_size,
             num_nodes=obs.num_nodes,
+            adj_t=gcn_adjacency(edge_index, obs.batch_size * obs.num_nodes),
+            cached_features=cached_features,
         )
 
 
+def _resnet_stem(body: ResNet, image: Tensor) -> Tensor:
+    return body.maxpool(body.relu(body.bn1(body.conv1(image))))
+
+
 def run_cnn(body: torch.nn.Module, image: Tensor, use_checkpoint: bool) -> Tensor:
-    """Run a CNN body, trading compute for memory with gradient checkpointing when asked and useful."""
-    if use_checkpoint and torch.is_grad_enabled() and any(p.requires_grad for p in body.parameters()):
-        return checkpoint(body, image, use_reentrant=False)
-    return body(image)
+    """Run a CNN body, trading compute for memory with gradient checkpointing when asked and useful.
+
+    Useful = something needs gradients (the body's weights, or its input: the Standard Actor's GNN).
+    A torchvision ResNet is checkpointed stage by stage (stem, layer1..layer4), so the backward pass
+    holds one stage's activations at a time; one segment around the whole body would recompute all
+    of them at once and save little. Other bodies are checkpointed as one segment.
+    """
+    needs_grad = image.requires_grad or any(p.requires_grad for p in body.parameters())
+    if not (use_checkpoint and torch.is_grad_enabled() and needs_grad):
+        return body(image)
+    if isinstance(body, ResNet):
+        x = checkpoint(_resnet_stem, body, image, use_reentrant=False)
+        for stage in (body.layer1, body.layer2, body.layer3, body.layer4):
+            x = checkpoint(stage, x, use_reentrant=False)
+        return body.fc(torch.flatten(body.avgpool(x), 1))  # torchvision's ResNet._forward_impl tail
+    return checkpoint(body, image, use_reentrant=False)

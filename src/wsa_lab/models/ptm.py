@@ -53,6 +53,8 @@ class PreTrainedModelWrapper(nn.Module):
     The adapter maps every backbone to the same `feature_dim`, so the attention can mix them.
     A frozen backbone runs under `no_grad` and stays in eval mode whatever `train()` says; a trainable
     ImageNet backbone keeps its BatchNorm statistics fixed (see :func:`~wsa_lab.models.weights.load_resnet`).
+    A frozen backbone's output is therefore a fixed function of the state: PPO computes it once per env
+    step and passes it back as `cached` in the update epochs (the frozen-feature cache).
 
     Shapes:
         - input: :class:`StateInputs` of B states
@@ -104,7 +106,12 @@ class PreTrainedModelWrapper(nn.Module):
                 image = (inputs.image - self.mean) / self.std
                 use_ckpt = inputs.num_nodes > self.checkpoint_min_nodes
                 return run_cnn(self.backbone, image, use_ckpt)
-            return self.backbone(inputs.x, inputs.edge_index, inputs.batch, inputs.num_graphs)
+            return self.backbone(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
 
-    def forward(self, inputs: StateInputs) -> Tensor:
-        return self.adapter(self.backbone_features(inputs))
+    def forward(self, inputs: StateInputs, cached: Optional[Tensor] = None) -> Tensor:
+        """Adapted feature :math:`(B, F)`; `cached` = this (frozen) PTM's backbone output for `inputs`."""
+        if cached is None:
+            return self.adapter(self.backbone_features(inputs))
+        if not self.frozen:  # a trainable backbone's output changes with every update: never cache it
+            raise ValueError(f"PTM {self.spec.name!r} is trainable; only frozen backbone features can be cached")
+        return self.adapter(cached)

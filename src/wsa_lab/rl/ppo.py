@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from wsa_lab.envs import CoverageEnv, CoverageObs
 from wsa_lab.models import ActorCritic, HybridAction
+from wsa_lab.models.gpu import to_host
 from wsa_lab.rl.config import PPOConfig
 
 
@@ -62,6 +63,7 @@ class PPO:
         self.rewards = torch.zeros(T, B, device=self.device)
         self.dones = torch.zeros(T, B, device=self.device)
         self.values = torch.zeros(T, B, device=self.device)
+        self.frozen_feats: dict[int, Tensor] = {}  # frozen-feature cache: PTM index -> (T, B, D), see collect_rollout
         self.start_time = time.time()
         self.start_step = 0
         self.last_attention: Tensor | None = None  # (T*B, P) weights of the last rollout, for histograms
@@ -76,11 +78,18 @@ class PPO:
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
         attention, norms = [], []
+        # Frozen-feature cache: frozen PTM backbones run once per env step, here; the update reuses the result.
+        use_cache = self.agent.cacheable
+        if not use_cache:
+            self.frozen_feats = {}
         for step in range(self.cfg.num_steps):
             self.global_step += self.env.num_envs
             _store(self.obs, step, self.next_obs)
             self.dones[step] = self.next_done
-            out = self.agent.get_action_and_value(self.next_obs)
+            cached = self.agent.frozen_features(self.next_obs) if use_cache else None
+            if cached:
+                self._store_frozen(step, cached)
+            out = self.agent.get_action_and_value(self.next_obs, cached_features=cached)
             self.values[step] = out.value
             self.nodes[step], self.radii[step] = out.action.node, out.action.radius
             self.logprobs[step] = out.log_prob
@@ -106,12 +115,19 @@ class PPO:
         stats.update(self._wsa_stats(attention, norms))
         return stats
 
+    def _store_frozen(self, step: int, cached: dict[int, Tensor]) -> None:
+        for i, feat in cached.items():
+            buf = self.frozen_feats.get(i)
+            if buf is None or buf.shape[1:] != feat.shape or buf.dtype != feat.dtype:
+                buf = self.frozen_feats[i] = feat.new_zeros((self.cfg.num_steps,) + feat.shape)
+            buf[step] = feat
+
     def _wsa_stats(self, attention: list[Tensor], norms: list[Tensor]) -> dict[str, float]:
         """The seed's monitoring metrics: wsa/attention_weights_<i>, wsa/attention_entropy, wsa/feature_norms_<i>."""
         stats: dict[str, float] = {}
         if attention:
             weights = torch.cat(attention)  # (T*B, P)
-            self.last_attention = weights.cpu()
+            self.last_attention = to_host(weights)
             if self.log_attention:
                 for i, w in enumerate(weights.mean(0).tolist()):
                     stats[f"wsa/attention_weights_{i}"] = w
@@ -135,6 +151,7 @@ class PPO:
         b_nodes, b_radii = self.nodes.reshape(-1), self.radii.reshape(-1)
         b_logprobs, b_adv = self.logprobs.reshape(-1), advantages.reshape(-1)
         b_returns, b_values = returns.reshape(-1), self.values.reshape(-1)
+        b_frozen = {i: t.reshape((-1,) + t.shape[2:]) for i, t in self.frozen_feats.items()}  # empty: cache off
 
         self.agent.train()
         clipfracs: list[float] = []
@@ -143,7 +160,8 @@ class PPO:
             for start in range(0, cfg.batch_size, cfg.minibatch_size):
                 mb = perm[start : start + cfg.minibatch_size]
                 out = self.agent.get_action_and_value(
-                    b_obs.map(lambda t: t[mb]), HybridAction(b_nodes[mb], b_radii[mb])
+                    b_obs.map(lambda t: t[mb]), HybridAction(b_nodes[mb], b_radii[mb]),
+                    cached_features={i: t[mb] for i, t in b_frozen.items()} or None,
                 )
                 logratio = out.log_prob - b_logprobs[mb]
                 ratio = logratio.exp()
@@ -203,11 +221,17 @@ class PPO:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
+        """Everything the next `iterate()` reads: weights, optimiser, counters and the pending observation.
+
+        The env's own state (episodes in flight) is `env.state_dict()`; the global RNGs are the caller's.
+        """
         return {
             "agent": self.agent.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "global_step": self.global_step,
             "iteration": self.iteration,
+            "next_obs": {f.name: getattr(self.next_obs, f.name) for f in fields(self.next_obs)},
+            "next_done": self.next_done,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -215,5 +239,8 @@ class PPO:
         self.optimizer.load_state_dict(state["optimizer"])
         self.global_step = int(state["global_step"])
         self.iteration = int(state["iteration"])
+        if "next_obs" in state:  # else keep the observation of the env's current state
+            self.next_obs = CoverageObs(**{k: v.to(self.device) for k, v in state["next_obs"].items()})
+            self.next_done = state["next_done"].to(self.device)
         self.start_step = self.global_step
         self.start_time = time.time()

@@ -1,0 +1,525 @@
+"""`python -m wsa_lab.bench`: how fast each ablation arm trains, measured side by side in one process.
+
+For every arm it builds the env, actor-critic and PPO exactly as `train` does (from `conf/`), then runs
+PPO iterations (rollout + update) round-robin over the arms: one warm-up round, then `--repeats` rounds,
+reporting medians. Per arm: env steps per second of the rollout, of the update and overall, the share of
+the iteration spent in the environment (step + observation + rendering), and the peak memory (CPU: peak
+RSS of a fresh subprocess running the arm; CUDA: max allocated). Then a scaling sweep over graph size and
+PTM count, gradient checkpointing on/off at a large image, and a check that the greedy reference of the
+evaluation set is computed once. Prints tables and writes everything to a JSON file.
+
+    python -m wsa_lab.bench                    # everything (~15 min on 2 CPU cores)
+    python -m wsa_lab.bench --only arms        # the five main arms only
+    python -m wsa_lab.bench --profile          # + the top ops of one update per main arm
+
+ImageNet files are not needed: when they are missing (`--weights auto`), same-shaped random state dicts
+stand in for them (timings do not depend on the values) and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+# Main arms: the issue's comparison (standard actor vs WSA-3, with the frozen-feature cache on and off).
+ALL_FROZEN = ["ptm.graph_cnn.freeze_backbone=true", "ptm.resnet18_random.freeze_backbone=true"]
+NO_CACHE = ["actor_critic.frozen_feature_cache=false"]
+ARMS: dict[str, list[str]] = {
+    "standard": ["experiment=phase1_baseline"],
+    "wsa3_hybrid": ["experiment=phase3_hybrid"],
+    "wsa3_hybrid_nocache": ["experiment=phase3_hybrid", *NO_CACHE],
+    "wsa3_frozen": ["experiment=phase3_hybrid", *ALL_FROZEN],
+    "wsa3_frozen_nocache": ["experiment=phase3_hybrid", *ALL_FROZEN, *NO_CACHE],
+}
+SWEEP_NODES = (50, 200, 500, 2000)
+SWEEP_PTMS = (1, 2, 3, 4)
+# Sweeps and the checkpointing probe use shorter rollouts with the default minibatch size (128 samples).
+SHORT_ROLLOUT = ["algo.num_steps=8", "algo.num_minibatches=1"]
+CHECKPOINT_IMAGE = 128
+# Tiny sizes for `--quick` (tests): every code path in seconds.
+QUICK = [
+    "env.num_nodes=20", "env.knn_k=4", "env.num_sites=3", "env.image_size=32", "algo.num_envs=4",
+    "algo.num_steps=4", "algo.num_minibatches=2", "algo.update_epochs=1", "algo.total_timesteps=16",
+    "evaluation.num_instances=4",
+]
+QUICK_NODES, QUICK_PTMS, QUICK_IMAGE = (20, 40), (1, 2), 64
+TARGETS = {
+    "hybrid_cost_vs_standard_max": 1.25,
+    "frozen_speedup_vs_standard_min": 2.0,
+    "env_share_max": 0.05,
+}
+
+
+# ---------------------------------------------------------------------------------------------- building
+@dataclass
+class Arm:
+    """One configuration, built like `train` builds a run, with timers around the env and the phases."""
+
+    name: str
+    overrides: list[str]
+    ppo: Any
+    device: torch.device
+    info: dict[str, Any]
+    env_time: list[float] = field(default_factory=lambda: [0.0])
+    samples: list[dict[str, float]] = field(default_factory=list)
+    cuda_peak: int = 0
+
+
+def compose(overrides: list[str], output_dir: str) -> Any:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from wsa_lab.config import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+def build_arm(name: str, overrides: list[str], device: str, workdir: str) -> Arm:
+    from wsa_lab.config import validate
+    from wsa_lab.rl import PPO
+    from wsa_lab.seeding import seed_everything
+    from wsa_lab.train import make_agent, make_env
+
+    cfg = compose([*overrides, f"device={device}", "seed=0"], os.path.join(workdir, name))
+    settings = validate(cfg)
+    seed_everything(cfg.seed)
+    env = make_env(cfg, num_envs=settings.algo.num_envs, seed=cfg.seed, device=settings.device)
+    agent = make_agent(cfg, env).to(settings.device)
+    ppo = PPO(agent, env, settings.algo)
+    params = list(agent.parameters())
+    info = {
+        "ptm_names": agent.ptm_names,
+        "frozen_feature_cache": agent.cacheable,
+        "num_nodes": env.num_nodes,
+        "image_size": env.image_size,
+        "batch_size": settings.algo.batch_size,
+        "minibatch_size": settings.algo.minibatch_size,
+        "update_epochs": settings.algo.update_epochs,
+        "checkpointing": env.num_nodes > cfg.actor_critic.checkpoint_min_nodes,
+        "params_total": sum(p.numel() for p in params),
+        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+    arm = Arm(name, overrides, ppo, settings.device, info)
+    step = env.step
+
+    def timed_step(*args: Any, **kwargs: Any) -> Any:  # env.step = dynamics + observation + rendering
+        start = _now(arm.device)
+        result = step(*args, **kwargs)
+        arm.env_time[0] += _now(arm.device) - start
+        return result
+
+    env.step = timed_step
+    return arm
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def run_iteration(arm: Arm) -> dict[str, float]:
+    """One PPO iteration (rollout + update) of `arm`, timed by phase."""
+    if arm.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(arm.device)
+    arm.env_time[0] = 0.0
+    start, cpu_start = _now(arm.device), time.process_time()
+    arm.ppo.collect_rollout()
+    mid, cpu_mid = _now(arm.device), time.process_time()
+    arm.ppo.update()
+    end, cpu_end = _now(arm.device), time.process_time()
+    if arm.device.type == "cuda":
+        arm.cuda_peak = max(arm.cuda_peak, torch.cuda.max_memory_allocated(arm.device))
+    return {"rollout_s": mid - start, "update_s": end - mid, "env_s": arm.env_time[0],
+            "rollout_cpu_s": cpu_mid - cpu_start, "update_cpu_s": cpu_end - cpu_mid}
+
+
+def measure(arms: list[Arm], warmup: int, repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Round-robin over the arms (so load changes hit every arm alike); medians of the timed rounds."""
+    for round_ in range(warmup + repeats):
+        times = []
+        for arm in arms:
+            sample = run_iteration(arm)
+            if round_ >= warmup:
+                arm.samples.append(sample)
+            times.append(f"{arm.name} {sample['rollout_s']:.2f}+{sample['update_s']:.2f}s")
+        log(f"  round {round_ + 1}/{warmup + repeats}{' (warm-up)' if round_ < warmup else ''}: " + ", ".join(times))
+    return [summarise(arm) for arm in arms]
+
+
+def summarise(arm: Arm) -> dict[str, Any]:
+    keys = ("rollout_s", "update_s", "env_s", "rollout_cpu_s", "update_cpu_s")
+    med = {k: statistics.median(s[k] for s in arm.samples) for k in keys}
+    med["iteration_cpu_s"] = statistics.median(s["rollout_cpu_s"] + s["update_cpu_s"] for s in arm.samples)
+    iteration = [s["rollout_s"] + s["update_s"] for s in arm.samples]
+    total = statistics.median(iteration)
+    steps = arm.info["batch_size"]
+    row = {
+        "arm": arm.name,
+        "overrides": arm.overrides,
+        **arm.info,
+        **med,
+        "iteration_s": total,
+        "iteration_s_all": iteration,
+        "sps_rollout": steps / med["rollout_s"],
+        "sps_update": steps / med["update_s"],
+        "sps_overall": steps / total,
+        "env_share": statistics.median(s["env_s"] / (s["rollout_s"] + s["update_s"]) for s in arm.samples),
+    }
+    if arm.device.type == "cuda":
+        row["cuda_max_allocated_mib"] = arm.cuda_peak / 2**20
+    return row
+
+
+def peak_rss_subprocess(overrides: list[str], device: str) -> dict[str, float]:
+    """Peak RSS of a fresh process that builds the arm and runs one iteration (CPU memory per arm)."""
+    probe = json.dumps({"overrides": overrides, "device": device})
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsa_lab.bench", "--probe-memory", probe], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed for {overrides}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def probe_memory(spec: str) -> None:
+    """Child side of `peak_rss_subprocess`: print {rss_build_mib, rss_peak_mib, update_s} as JSON."""
+    args = json.loads(spec)
+    with tempfile.TemporaryDirectory() as workdir:
+        arm = build_arm("probe", args["overrides"], args["device"], workdir)
+        rss_build = _max_rss_mib()
+        sample = run_iteration(arm)
+    print(json.dumps({"rss_build_mib": rss_build, "rss_peak_mib": _max_rss_mib(), "update_s": sample["update_s"]}))
+
+
+def _max_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, bytes on macOS
+
+
+def profile_update(arm: Arm, top: int = 15) -> str:
+    """torch.profiler table (self CPU time) of one update of `arm`: what bounds its speed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    arm.ppo.collect_rollout()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if arm.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        arm.ppo.update()
+    key = "self_cuda_time_total" if arm.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top)
+
+
+@contextmanager
+def count_greedy_calls() -> Iterator[list[int]]:
+    """Count calls of the greedy reference policy (`wsa_lab.envs.policies.greedy_action`)."""
+    from wsa_lab.envs import policies
+
+    calls = [0]
+    original = policies.greedy_action
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    policies.greedy_action = counting
+    try:
+        yield calls
+    finally:
+        policies.greedy_action = original
+
+
+def greedy_reference_check(arm: Arm, overrides: list[str], workdir: str, evaluations: int = 3) -> dict[str, Any]:
+    """Build the run's Evaluator and evaluate several times: the greedy policy runs only at construction."""
+    from wsa_lab.config import validate
+    from wsa_lab.rl import Evaluator
+    from wsa_lab.train import make_env
+
+    cfg = compose([*overrides, f"device={arm.device}"], os.path.join(workdir, "evaluator"))
+    ev = validate(cfg).evaluation
+    with count_greedy_calls() as calls:
+        start = time.perf_counter()
+        env = make_env(cfg, num_envs=ev.num_instances, seed=ev.seed, device=arm.device, autoreset=False)
+        evaluator = Evaluator(env, ev.seed, ev.radius_grid)
+        build_s = time.perf_counter() - start
+        after_build = calls[0]
+        start = time.perf_counter()
+        for _ in range(evaluations):
+            evaluator.evaluate(arm.ppo.agent)
+        evaluate_s = (time.perf_counter() - start) / evaluations
+    return {
+        "greedy_calls_at_construction": after_build,
+        "greedy_calls_during_evaluations": calls[0] - after_build,
+        "evaluations": evaluations,
+        "evaluator_build_s": build_s,
+        "evaluate_s": evaluate_s,
+        "computed_once": after_build > 0 and calls[0] == after_build,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def weights_dir_for(mode: str, workdir: str) -> tuple[str | None, str]:
+    """(paths.weights_dir override or None, note). `synthetic`: same-shaped random state dicts in `workdir`."""
+    from wsa_lab.errors import WeightsNotFoundError
+    from wsa_lab.models.weights import RESNETS, resolve_weights_file, weights_file_name
+
+    needed = ("resnet18", "resnet34")  # the ImageNet PTMs of the benchmarked arms
+    if mode in ("auto", "real"):
+        try:
+            for model_type in needed:
+                resolve_weights_file(model_type)
+            return None, "real ImageNet weights (torch hub cache)"
+        except WeightsNotFoundError:
+            if mode == "real":
+                raise
+    folder = Path(workdir) / "synthetic_weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    for model_type in needed:
+        torch.manual_seed(0)
+        torch.save(RESNETS[model_type].builder(weights=None).state_dict(), folder / weights_file_name(model_type))
+    return str(folder), "synthetic weights (ImageNet files absent; same shapes, so the same cost)"
+
+
+# ---------------------------------------------------------------------------------------------- report
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
+    by = {r["arm"]: r for r in rows}
+    out: dict[str, float] = {}
+    for key, suffix in (("iteration_s", ""), ("iteration_cpu_s", "_cpu_time")):  # wall clock; process CPU time
+        if not all(key in r for r in rows):
+            continue
+        if "standard" in by:
+            base = by["standard"][key]
+            for r in rows:
+                r[f"cost_vs_standard{suffix}"] = r[key] / base  # time per env step relative to the standard actor
+            if "wsa3_hybrid" in by:
+                out[f"hybrid_cost_vs_standard{suffix}"] = by["wsa3_hybrid"][key] / base
+            if "wsa3_frozen" in by:
+                out[f"frozen_speedup_vs_standard{suffix}"] = base / by["wsa3_frozen"][key]
+        for arm in ("wsa3_hybrid", "wsa3_frozen"):
+            if arm in by and f"{arm}_nocache" in by:
+                out[f"{arm}_cache_speedup{suffix}"] = by[f"{arm}_nocache"][key] / by[arm][key]
+    if rows:
+        out["env_share_max"] = max(r["env_share"] for r in rows)
+    return out
+
+
+def target_verdicts(r: dict[str, float]) -> dict[str, dict[str, Any]]:
+    checks = {"env_share_max": ("<=", TARGETS["env_share_max"])}
+    for suffix in ("", "_cpu_time"):
+        checks[f"hybrid_cost_vs_standard{suffix}"] = ("<=", TARGETS["hybrid_cost_vs_standard_max"])
+        checks[f"frozen_speedup_vs_standard{suffix}"] = (">=", TARGETS["frozen_speedup_vs_standard_min"])
+    out = {}
+    for key, (op, bound) in checks.items():
+        if key in r:
+            ok = r[key] <= bound if op == "<=" else r[key] >= bound
+            out[key] = {"value": r[key], "target": f"{op} {bound}", "met": ok}
+    return out
+
+
+def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Markdown table; `columns` = (header, key, format)."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        cells = [format(r[k], f) if r.get(k) is not None else "-" for _, k, f in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+ARM_COLUMNS = [
+    ("arm", "arm", ""), ("rollout SPS", "sps_rollout", ".0f"), ("update SPS", "sps_update", ".0f"),
+    ("overall SPS", "sps_overall", ".0f"), ("s / iteration", "iteration_s", ".2f"),
+    ("cost vs standard", "cost_vs_standard", ".2f"), ("(CPU time)", "cost_vs_standard_cpu_time", ".2f"),
+    ("env share", "env_share", ".1%"),
+    ("trainable params", "params_trainable", ","), ("peak RSS MiB", "rss_peak_mib", ".0f"),
+]
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info = {
+        "host": platform.node(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "device": device,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m wsa_lab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=["arms", "nodes", "ptms", "checkpoint", "greedy"],
+                        default=["arms", "nodes", "ptms", "checkpoint", "greedy"], help="sections to run")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds of the main arms (median); default 5")
+    parser.add_argument("--sweep-repeats", type=int, default=None, help="timed rounds of the sweeps; default 3")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds before the timed ones; default 1")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--weights", choices=["auto", "real", "synthetic"], default="auto")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS subprocesses (CPU)")
+    parser.add_argument("--profile", action="store_true", help="print the top ops of one update per main arm")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
+    parser.add_argument("--out", default="bench.json", help="JSON output file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every configuration")
+    parser.add_argument("--probe-memory", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe_memory:
+        probe_memory(args.probe_memory)
+        return {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = (1, 1, 0) if args.quick else (5, 3, 1)  # repeats, sweep repeats, warm-up rounds
+    for name, default in zip(("repeats", "sweep_repeats", "warmup"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    common = [*(QUICK if args.quick else []), *args.overrides]
+    nodes = QUICK_NODES if args.quick else SWEEP_NODES
+    counts = QUICK_PTMS if args.quick else SWEEP_PTMS
+    image = QUICK_IMAGE if args.quick else CHECKPOINT_IMAGE
+    memory = not args.no_memory and not args.device.startswith("cuda")
+    report: dict[str, Any] = {
+        "command": "python -m wsa_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(args.device),
+        "settings": {"repeats": args.repeats, "sweep_repeats": args.sweep_repeats, "warmup": args.warmup,
+                     "overrides": common},
+        "targets": TARGETS,
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        weights_dir, note = weights_dir_for(args.weights, workdir)
+        report["weights"] = note
+        if weights_dir:
+            common = [*common, f"paths.weights_dir={weights_dir}"]
+        log(f"wsa_lab.bench: {note}; torch threads {torch.get_num_threads()}; device {args.device}")
+
+        def run_group(title: str, configs: dict[str, list[str]], repeats: int) -> list[dict[str, Any]]:
+            log(f"{title}: building {len(configs)} configurations")
+            arms = [build_arm(name, [*common, *ov], args.device, workdir) for name, ov in configs.items()]
+            rows = measure(arms, args.warmup, repeats, log)
+            if memory:
+                for row, arm in zip(rows, arms):
+                    row.update(peak_rss_subprocess(arm.overrides, args.device))
+            return rows
+
+        if "arms" in args.only:
+            rows = run_group("main arms", ARMS, args.repeats)
+            report["arms"] = rows
+            report["ratios"] = ratios(rows)
+            report["verdicts"] = target_verdicts(report["ratios"])
+            if args.profile:
+                arms = [build_arm(name, [*common, *ov], args.device, workdir) for name, ov in ARMS.items()]
+                report["profiles"] = {arm.name: profile_update(arm) for arm in arms}
+        if "nodes" in args.only:
+            configs = {}
+            for n in nodes:
+                for arm in ("standard", "wsa3_hybrid"):
+                    configs[f"{arm}_N{n}"] = [*ARMS[arm], f"env.num_nodes={n}", *([] if args.quick else SHORT_ROLLOUT)]
+            report["sweep_nodes"] = run_group("graph-size sweep", configs, args.sweep_repeats)
+        if "ptms" in args.only:
+            configs = {f"wsa{k}": ["experiment=phase4_count", f"ptm_count={k}", *([] if args.quick else SHORT_ROLLOUT)]
+                       for k in counts}
+            report["sweep_ptms"] = run_group("PTM-count sweep", configs, args.sweep_repeats)
+        if "checkpoint" in args.only:
+            report["checkpointing"] = checkpoint_section(args, common, image, memory, workdir, log)
+        if "greedy" in args.only:
+            overrides = [*common, *ARMS["wsa3_hybrid"]]
+            arm = build_arm("greedy", overrides, args.device, workdir)
+            report["greedy_reference"] = greedy_reference_check(arm, overrides, workdir)
+    text = render(report)
+    print(text)
+    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    log(f"wrote {args.out}")
+    return report
+
+
+def checkpoint_section(args: argparse.Namespace, common: list[str], image: int, memory: bool, workdir: str,
+                       log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Gradient checkpointing on vs off at a large image: peak memory and update time (one epoch)."""
+    configs = {}
+    for arm in ("standard", "wsa3_hybrid"):
+        for on in (False, True):
+            configs[f"{arm}_ckpt_{'on' if on else 'off'}"] = [
+                *ARMS[arm], f"env.image_size={image}", *([] if args.quick else SHORT_ROLLOUT), "algo.update_epochs=1",
+                f"actor_critic.checkpoint_min_nodes={0 if on else 1_000_000}",
+            ]
+    log(f"gradient checkpointing at image_size={image}: {len(configs)} configurations")
+    rows = []
+    for name, ov in configs.items():
+        row: dict[str, Any] = {"config": name, "image_size": image, "checkpointing": name.endswith("_on")}
+        if memory:
+            row.update(peak_rss_subprocess([*common, *ov], args.device))
+        else:
+            arm = build_arm(name, [*common, *ov], args.device, workdir)
+            run_iteration(arm)
+            sample = run_iteration(arm)
+            row["update_s"] = sample["update_s"]
+            if arm.device.type == "cuda":
+                row["cuda_max_allocated_mib"] = arm.cuda_peak / 2**20
+            del arm
+        rows.append(row)
+    return rows
+
+
+def render(report: dict[str, Any]) -> str:
+    out = [f"# wsa_lab.bench  ({report['machine']['device']}, {report['machine']['torch_threads']} threads, "
+           f"{report['weights']})", ""]
+    if "arms" in report:
+        out += ["## Main arms (env steps per second; medians)", "", table(report["arms"], ARM_COLUMNS), ""]
+        for key, v in report.get("verdicts", {}).items():
+            out.append(f"- {key}: {v['value']:.2f} (target {v['target']}): {'MET' if v['met'] else 'NOT MET'}")
+        for key, value in report.get("ratios", {}).items():
+            if key.endswith("cache_speedup"):
+                out.append(f"- {key}: {value:.2f}x")
+        out.append("")
+    sweep_cols = [("config", "arm", ""), ("N", "num_nodes", "d"), ("PTMs", "ptm_names", ""),
+                  ("ckpt", "checkpointing", ""), ("rollout SPS", "sps_rollout", ".0f"),
+                  ("update SPS", "sps_update", ".0f"), ("overall SPS", "sps_overall", ".0f"),
+                  ("env share", "env_share", ".1%"), ("peak RSS MiB", "rss_peak_mib", ".0f"),
+                  ("CUDA MiB", "cuda_max_allocated_mib", ".0f")]
+    for key, title in (("sweep_nodes", "Graph-size sweep"), ("sweep_ptms", "PTM-count sweep")):
+        if key in report:
+            rows = [{**r, "ptm_names": "+".join(r["ptm_names"]) or "(standard)"} for r in report[key]]
+            out += [f"## {title}", "", table(rows, sweep_cols), ""]
+    if "checkpointing" in report:
+        cols = [("config", "config", ""), ("image", "image_size", "d"), ("checkpointing", "checkpointing", ""),
+                ("peak RSS MiB", "rss_peak_mib", ".0f"), ("RSS after build MiB", "rss_build_mib", ".0f"),
+                ("CUDA MiB", "cuda_max_allocated_mib", ".0f"), ("update s", "update_s", ".2f")]
+        out += ["## Gradient checkpointing (one update epoch)", "", table(report["checkpointing"], cols), ""]
+    if "greedy_reference" in report:
+        g = report["greedy_reference"]
+        out += ["## Greedy reference", "",
+                f"greedy policy calls: {g['greedy_calls_at_construction']} when the Evaluator is built, "
+                f"{g['greedy_calls_during_evaluations']} during {g['evaluations']} evaluations "
+                f"(computed once: {g['computed_once']}); build {g['evaluator_build_s']:.2f} s, "
+                f"one evaluation {g['evaluate_s']:.2f} s", ""]
+    for name, prof in report.get("profiles", {}).items():
+        out += [f"## Profile of one update: {name}", "", "```", prof, "```", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

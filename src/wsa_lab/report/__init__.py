@@ -1,0 +1,221 @@
+"""Side-by-side comparison of the ablation arms of a sweep: `python -m wsa_lab.report <folders...>`.
+
+Reads only the run folders (`summary.json`, `metrics.jsonl`), so it works offline and on any copy of
+`multirun/`. Per arm: seeds, final `eval/return` and `eval/greedy_ratio` as mean and IQM with 95%
+stratified-bootstrap CIs (rliable's definitions, fixed bootstrap seed), probability of improvement over a
+baseline arm, attention-health verdicts; figures of learning curves, attention weights and compute. Failed
+and unfinished runs are listed, never averaged in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from wsa_lab import stats
+from wsa_lab.report.analysis import (
+    FINAL_METRICS, ArmStats, BootstrapSettings, Curve, arm_stats, attention_curves, choose_baseline, learning_curve,
+)
+from wsa_lab.report.runs import Run, load_runs
+
+__all__ = ["Report", "build_report", "write_report"]
+
+
+@dataclass
+class Report:
+    runs: list[Run]
+    arms: dict[str, ArmStats]
+    baseline: Optional[str]
+    metric: str
+    curve_statistic: str
+    boot: BootstrapSettings
+    curves: dict[str, dict[str, Optional[Curve]]] = field(default_factory=dict)
+    attention: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def excluded(self) -> list[Run]:
+        return [r for r in self.runs if not r.included]
+
+
+def build_report(
+    paths: Iterable[str | Path],
+    baseline: Optional[str] = None,
+    metric: str = "eval/greedy_ratio",
+    boot: Optional[BootstrapSettings] = None,
+    curve_statistic: str = "iqm",
+) -> Report:
+    """Load every run under `paths` and compute the per-arm statistics and curves (no files written)."""
+    boot = boot or BootstrapSettings()
+    runs, notes = load_runs(paths, tuple(dict.fromkeys((*FINAL_METRICS, metric))))
+    if not runs:
+        raise FileNotFoundError(f"no summary.json found under {', '.join(map(str, paths))}")
+    included_arms = list(dict.fromkeys(r.arm for r in sorted(runs, key=lambda r: (str(r.summary.get("phase")), r.arm)) if r.included))
+    base = choose_baseline(included_arms, baseline)
+    arms = arm_stats(runs, base, metric, boot)
+    statistic = {"iqm": stats.iqm, "mean": stats.mean}[curve_statistic]
+    report = Report(runs, arms, base, metric, curve_statistic, boot, notes=notes)
+    for arm in arms:
+        members = [r for r in runs if r.included and r.arm == arm]
+        report.curves[arm] = {m: learning_curve(members, m, statistic, boot) for m in FINAL_METRICS}
+        report.attention[arm] = attention_curves(members)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def fmt(x: Optional[float], digits: int = 3) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def fmt_estimate(e: Optional[stats.Estimate], digits: int = 3) -> str:
+    if e is None:
+        return "-"
+    if not math.isfinite(e.low):
+        return fmt(e.value, digits)
+    return f"{fmt(e.value, digits)} [{fmt(e.low, digits)}, {fmt(e.high, digits)}]"
+
+
+def arm_table(report: Report) -> list[list[str]]:
+    header = [
+        "arm", "phase", "PTMs", "seeds", "eval/return IQM [95% CI]", "eval/return mean [95% CI]",
+        "eval/greedy_ratio IQM [95% CI]", "eval/greedy_ratio mean [95% CI]",
+        f"P({report.metric.split('/')[-1]} > {report.baseline})" if report.baseline else "P(improvement)",
+        "attention health", "wall time (s)", "SPS",
+    ]
+    rows = [header]
+    for arm, a in report.arms.items():
+        ptms = ", ".join(a.ptm_names) if a.ptm_names else "standard actor"
+        if a.fusion and a.fusion != "wsa":
+            ptms += f" ({a.fusion})"
+        seeds = f"{len(a.seeds)}" + (f" (+{a.excluded} left out)" if a.excluded else "")
+        cells = [arm, str(a.phase or "-"), ptms, seeds]
+        for m in FINAL_METRICS:
+            est = a.final.get(m, {})
+            cells += [fmt_estimate(est.get("iqm")), fmt_estimate(est.get("mean"))]
+        cells.append("baseline" if arm == report.baseline else fmt_estimate(a.improvement, 2))
+        cells.append(", ".join(f"{v} x{n}" for v, n in sorted(a.health.items())) or "-")
+        cells.append(fmt(float(sum(a.wall_time_s) / len(a.wall_time_s)), 1) if a.wall_time_s else "-")
+        cells.append(fmt(float(sum(a.sps) / len(a.sps)), 1) if a.sps else "-")
+        rows.append(cells)
+    return rows
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    esc = [[c.replace("|", "\\|") for c in row] for row in rows]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(esc[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return "\n".join(lines)
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def runs_table(report: Report, out_dir: Path, included: bool) -> list[list[str]]:
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(out_dir.parent))
+        except ValueError:
+            return str(p)
+
+    if included:
+        rows = [["arm", "seed", "eval/return", "eval/greedy_ratio", "health", "folder"]]
+        for r in sorted((r for r in report.runs if r.included), key=lambda r: (r.arm, str(r.seed))):
+            rows.append([
+                r.arm, str(r.seed), fmt(r.summary.get("eval/return")), fmt(r.summary.get("eval/greedy_ratio")),
+                str(r.summary.get("wsa/health/verdict", "-")), rel(r.path),
+            ])
+        return rows
+    rows = [["arm", "seed", "status", "why it is left out", "folder"]]
+    for r in sorted(report.excluded, key=lambda r: (r.arm, str(r.seed))):
+        rows.append([r.arm, str(r.seed), r.status, r.problem or "", rel(r.path)])
+    return rows
+
+
+def render_markdown(report: Report, out_dir: Path, sources: list[str]) -> str:
+    b = report.boot
+    n_in = sum(r.included for r in report.runs)
+    lines = [
+        "# WSA ablation report",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python -m wsa_lab.report {' '.join(sources)}`: "
+        f"{len(report.runs)} run folders, {n_in} completed runs in {sum(1 for a in report.arms.values() if a.seeds)} arms"
+        + (f", {len(report.excluded)} left out (listed below)." if report.excluded else "."),
+        "",
+        f"Scores are the final evaluation of each run (`summary.json`). IQM = mean of the middle 50% of runs "
+        f"(rliable); intervals are {b.confidence:.0%} percentile stratified-bootstrap CIs over seeds "
+        f"({b.reps} resamples, bootstrap seed {b.seed}: rerunning gives the same numbers). "
+        f"P(X > {report.baseline}) is the probability that a random run of the arm beats a random run of the "
+        f"baseline on `{report.metric}` (Mann-Whitney, ties 1/2), with a bootstrap CI. "
+        "With fewer than 2 seeds no interval is given.",
+        "",
+    ]
+    for note in report.notes:
+        lines += [f"> Note: {note}", ""]
+    lines += ["## Arms", "", markdown_table(arm_table(report)), ""]
+    titles = {
+        "learning_curves": "## Learning curves",
+        "attention": "## Attention weight evolution",
+        "compute": "## Wall-clock time and throughput",
+    }
+    for key, title in titles.items():
+        if key in report.figures:
+            lines += [title, "", f"![{key}]({report.figures[key].name})", ""]
+    lines += ["## Runs", "", markdown_table(runs_table(report, out_dir, included=True)), ""]
+    if report.excluded:
+        lines += [
+            "## Runs left out (failed or unfinished)", "",
+            markdown_table(runs_table(report, out_dir, included=False)), "",
+        ]
+    return "\n".join(lines)
+
+
+def _estimate_json(e: Optional[stats.Estimate]) -> Any:
+    if e is None:
+        return None
+    return {k: (v if math.isfinite(v) else None) for k, v in e._asdict().items()}
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    arms = {}
+    for arm, a in report.arms.items():
+        d = {k: v for k, v in asdict(a).items() if k not in ("final", "improvement")}
+        d["final"] = {m: {k: _estimate_json(e) for k, e in est.items()} for m, est in a.final.items()}
+        d["improvement_over_baseline"] = _estimate_json(a.improvement)
+        arms[arm] = d
+    return {
+        "baseline": report.baseline,
+        "metric": report.metric,
+        "bootstrap": asdict(report.boot),
+        "curve_statistic": report.curve_statistic,
+        "arms": arms,
+        "runs": [
+            {"folder": str(r.path), "arm": r.arm, "seed": r.seed, "status": r.status, "included": r.included, "problem": r.problem}
+            for r in report.runs
+        ],
+        "notes": report.notes,
+    }
+
+
+def write_report(report: Report, out_dir: Path, sources: list[str], plots: bool = True) -> Path:
+    """Write report.md, report.json and the PNG figures into `out_dir`; returns the Markdown file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if plots:
+        from wsa_lab.report import plots as p
+
+        figures = {
+            "learning_curves": p.learning_curves(report.curves, list(FINAL_METRICS), report.curve_statistic, out_dir / "learning_curves.png"),
+            "attention": p.attention_evolution(report.attention, out_dir / "attention.png"),
+            "compute": p.compute_cost(report.arms, out_dir / "compute.png"),
+        }
+        report.figures = {k: v for k, v in figures.items() if v is not None}
+    md = out_dir / "report.md"
+    md.write_text(render_markdown(report, out_dir, sources) + "\n", encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(report_json(report), indent=2, default=str) + "\n", encoding="utf-8")
+    return md

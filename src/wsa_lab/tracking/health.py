@@ -1,0 +1,209 @@
+"""Attention health: the seed's "Healthy Attention Patterns" and "Warning Signs", measured during training.
+
+The input is the rollout-mean attention weight of each PTM, one vector per PPO iteration
+(`wsa/attention_weights_<i>`). Over a sliding window of the last `window` vectors, `w[t, i]`:
+
+    max_weight = max_i mean_t w[t, i]                    (share of the strongest PTM)
+    change     = max_i (max_t w[t, i] - min_t w[t, i])   (how far any weight moved)
+    noise      = max_i sqrt(mean_t (second difference of w[., i])^2 / 6)
+                 (the std of iteration-to-iteration jitter on top of any smooth trend: a straight or slowly
+                 bending trend adds ~0, white noise of std s gives s)
+
+and the state is the first that applies:
+
+    collapsed  max_weight > collapse_threshold            one PTM gets (almost) all the attention
+    noisy      noise > noise_threshold                    unstable, not explained by a trend
+    static     change < static_tolerance                  weights stopped changing
+    balanced   every mean weight in [balanced_low, balanced_high] / P   (P=3: 20%-40%, the seed's range)
+    skewed     none of the above: uneven, not a warning sign
+
+`collapsed`, `noisy` and `static` are warning signs: one warning line is printed when the state changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from wsa_lab.errors import ConfigError
+
+log = logging.getLogger("wsa_lab")
+
+STATES = ("balanced", "skewed", "collapsed", "static", "noisy")
+"""Logged as `wsa/health/state` = the index in this tuple."""
+WARNING_STATES = ("collapsed", "static", "noisy")
+UNKNOWN = "unknown"  # fewer than `min_points` iterations seen
+
+
+@dataclass
+class HealthConfig:
+    window: int = 10
+    """PPO iterations in the sliding window"""
+    min_points: int = 5
+    """no verdict before this many iterations (state `unknown`)"""
+    collapse_threshold: float = 0.9
+    """collapsed: one PTM's mean weight over the window is above this"""
+    static_tolerance: float = 0.002
+    """static: no PTM's weight moves by more than this over the window (max - min)"""
+    noise_threshold: float = 0.03
+    """noisy: a weight's jitter around its own smooth trend (std, see the module docstring) is above this"""
+    balanced_low: float = 0.6
+    """balanced: every PTM's mean weight >= balanced_low / P (P=3: 20%)"""
+    balanced_high: float = 1.2
+    """balanced: every PTM's mean weight <= balanced_high / P (P=3: 40%)"""
+    warn: bool = True
+    """print one line when the state changes (warnings for collapsed, static, noisy)"""
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.min_points <= self.window:
+            raise ConfigError(
+                f"logger.health: need 3 <= min_points <= window; got window={self.window}, "
+                f"min_points={self.min_points}"
+            )
+        if not 0 < self.collapse_threshold <= 1:
+            raise ConfigError(f"logger.health.collapse_threshold must be in (0, 1]; got {self.collapse_threshold}")
+        if self.static_tolerance < 0 or self.noise_threshold < 0:
+            raise ConfigError("logger.health: static_tolerance and noise_threshold must be >= 0")
+        if not 0 <= self.balanced_low <= 1 <= self.balanced_high:
+            raise ConfigError(
+                "logger.health: balanced_low must be in [0, 1] and balanced_high >= 1 (multiples of the uniform share 1/P)"
+            )
+
+
+@dataclass
+class HealthReading:
+    """One classification of a window of attention weights."""
+
+    state: str
+    points: int
+    mean_weights: np.ndarray  # (P,)
+    max_weight: float = float("nan")
+    change: float = float("nan")
+    noise: float = float("nan")
+
+    def metrics(self) -> dict[str, float]:
+        """`wsa/health/*` scalars for metrics.jsonl and the backends (nothing while `unknown`)."""
+        if self.state == UNKNOWN:
+            return {}
+        return {
+            "wsa/health/state": float(STATES.index(self.state)),
+            "wsa/health/max_weight": self.max_weight,
+            "wsa/health/change": self.change,
+            "wsa/health/noise": self.noise,
+        }
+
+
+def _jitter_std(w: np.ndarray) -> np.ndarray:
+    """Per column, the noise std estimated from second differences: for w = smooth trend + white noise of
+    std s, E[(w[t+1] - 2 w[t] + w[t-1])^2] = 6 s^2 while a linear trend contributes 0."""
+    d2 = np.diff(w, n=2, axis=0)
+    return np.sqrt((d2**2).mean(0) / 6)
+
+
+def classify(window: np.ndarray | Sequence[Sequence[float]], cfg: HealthConfig) -> HealthReading:
+    """Classify a (n, P) window of attention weights, oldest first (see the module docstring)."""
+    w = np.asarray(window, dtype=float)
+    if w.ndim != 2 or w.shape[1] < 2:
+        raise ValueError(f"attention window must be (iterations, P>=2); got shape {w.shape}")
+    mean_w = w.mean(0)
+    n, p = w.shape
+    if n < cfg.min_points:
+        return HealthReading(UNKNOWN, n, mean_w)
+    max_weight = float(mean_w.max())
+    change = float((w.max(0) - w.min(0)).max())
+    noise = float(_jitter_std(w).max())
+    if max_weight > cfg.collapse_threshold:
+        state = "collapsed"
+    elif noise > cfg.noise_threshold:
+        state = "noisy"
+    elif change < cfg.static_tolerance:
+        state = "static"
+    elif (mean_w >= cfg.balanced_low / p).all() and (mean_w <= cfg.balanced_high / p).all():
+        state = "balanced"
+    else:
+        state = "skewed"
+    return HealthReading(state, n, mean_w, max_weight, change, noise)
+
+
+class AttentionHealth:
+    """Sliding-window health monitor: feed one weight vector per iteration, get `wsa/health/*` back."""
+
+    def __init__(self, cfg: HealthConfig, names: Sequence[str]) -> None:
+        self.cfg = cfg
+        self.names = list(names)
+        self.window: deque[np.ndarray] = deque(maxlen=cfg.window)
+        self.reading: Optional[HealthReading] = None
+        self.transitions: list[dict[str, Any]] = []  # [{"step", "state"}] each time the state changed
+
+    @property
+    def state(self) -> str:
+        return self.reading.state if self.reading else UNKNOWN
+
+    def update(self, weights: Sequence[float], step: int) -> dict[str, float]:
+        """Add one iteration's mean weights (P,); returns the metrics to log at `step`."""
+        self.window.append(np.asarray(weights, dtype=float))
+        previous = self.state
+        self.reading = classify(np.stack(self.window), self.cfg)
+        if self.reading.state not in (previous, UNKNOWN):
+            self.transitions.append({"step": int(step), "state": self.reading.state})
+            if self.cfg.warn:
+                self._announce(previous, step)
+        return self.reading.metrics()
+
+    def replay(self, series: Sequence[tuple[int, Sequence[float]]]) -> None:
+        """Feed (step, weights) already logged by an earlier attempt of this run, silently: a resumed run
+        ends up in the same state, with the same transitions, as one that never stopped."""
+        warn, self.cfg.warn = self.cfg.warn, False
+        try:
+            for step, weights in series:
+                self.update(weights, step)
+        finally:
+            self.cfg.warn = warn
+
+    def describe(self) -> str:
+        """One sentence on the current state, with the numbers that decided it."""
+        r, cfg = self.reading, self.cfg
+        if r is None or r.state == UNKNOWN:
+            return f"not enough iterations yet ({len(self.window)} of {cfg.min_points})"
+        shares = ", ".join(f"{name} {w:.0%}" for name, w in zip(self.names, r.mean_weights))
+        n, p = r.points, len(r.mean_weights)
+        if r.state == "collapsed":
+            top = self.names[int(np.argmax(r.mean_weights))] if self.names else f"PTM {int(np.argmax(r.mean_weights))}"
+            why = f"{top} gets {r.max_weight:.0%} of the attention (> {cfg.collapse_threshold:.0%})"
+        elif r.state == "noisy":
+            why = f"weights jump around their trend (std {r.noise:.3f} > noise_threshold {cfg.noise_threshold})"
+        elif r.state == "static":
+            why = f"no weight moved more than {r.change:.4f} (< static_tolerance {cfg.static_tolerance})"
+        elif r.state == "balanced":
+            why = f"every PTM gets {cfg.balanced_low / p:.0%}-{cfg.balanced_high / p:.0%}"
+        else:
+            why = f"uneven but no warning sign (balanced is {cfg.balanced_low / p:.0%}-{cfg.balanced_high / p:.0%} each)"
+        return f"{why}; mean over the last {n} iterations: {shares}"
+
+    def _announce(self, previous: str, step: int) -> None:
+        state = self.state
+        if state in WARNING_STATES:
+            log.warning("attention health at step %d: %s (was %s): %s", step, state.upper(), previous, self.describe())
+        else:
+            log.info("attention health at step %d: %s (was %s): %s", step, state, previous, self.describe())
+
+    def summary(self) -> dict[str, Any]:
+        """The final verdict and its numbers, for summary.json (`wsa/health/*`)."""
+        out: dict[str, Any] = {"wsa/health/verdict": self.state, "wsa/health/transitions": list(self.transitions)}
+        r = self.reading
+        if r is not None:
+            out["wsa/health/explanation"] = self.describe()
+            out["wsa/health/mean_weights"] = {
+                name: round(float(w), 6) for name, w in zip(self.names or map(str, range(len(r.mean_weights))), r.mean_weights)
+            }
+            if r.state != UNKNOWN:
+                out.update({
+                    "wsa/health/max_weight": r.max_weight, "wsa/health/change": r.change, "wsa/health/noise": r.noise,
+                })
+        warned = sorted({t["state"] for t in self.transitions if t["state"] in WARNING_STATES})
+        out["wsa/health/warnings_seen"] = warned
+        return out

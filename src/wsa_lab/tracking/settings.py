@@ -1,0 +1,177 @@
+"""The `logger` config group, validated: one dataclass per entry, and the run's identity for the backends.
+
+`logger=[console,health,wandb,tensorboard]` composes `conf/logger/<name>.yaml`, each holding a top-level key
+named like the file. Entries not in the list fall back to their defaults (health is always computed for WSA
+runs; W&B and TensorBoard only run when listed).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from wsa_lab.errors import ConfigError
+from wsa_lab.schema import structured, unknown_key_error
+from wsa_lab.tracking.health import HealthConfig
+
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+SECRET_KEYS = ("api_key", "key", "wandb_api_key", "token", "password")
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"
+    """auto ($WANDB_MODE if set, else offline) | offline (no network, no account) | online | disabled"""
+    project: str = "wsa_lab"
+    """W&B project"""
+    entity: Optional[str] = None
+    """W&B team or user; null = the account's default entity"""
+    group: Optional[str] = None
+    """null = the sweep (sweep-<date>_<time>) in a multirun, else the phase (or the arm when no phase)"""
+    job_type: Optional[str] = None
+    """null = the ablation arm (`name`)"""
+    name: Optional[str] = None
+    """null = <arm>_seed<seed>"""
+    tags: list = field(default_factory=list)
+    """extra tags; the phase and the PTM names are always added"""
+    dir: Optional[str] = None
+    """folder that receives wandb/; null = the run folder"""
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}; got {self.mode!r}")
+        if not all(isinstance(t, str) for t in self.tags):
+            raise ConfigError(f"logger.wandb.tags must be a list of strings; got {self.tags!r}")
+
+    def resolved_mode(self) -> str:
+        """The mode W&B runs in: the configured one, or for `auto` $WANDB_MODE if set, else offline."""
+        if self.mode != "auto":
+            return self.mode
+        env = os.environ.get("WANDB_MODE", "").strip().lower()
+        if env in ("", "auto"):
+            return "offline"
+        if env == "dryrun":  # W&B's old name for offline
+            return "offline"
+        if env == "run":
+            return "online"
+        if env not in WANDB_MODES:
+            raise ConfigError(f"WANDB_MODE={env!r} in the environment is not one of offline, online, disabled")
+        return env
+
+
+@dataclass
+class TensorBoardConfig:
+    log_dir: Optional[str] = None
+    """folder of the event files; null = <run folder>/tensorboard"""
+    flush_secs: int = 30
+    """seconds between flushes to disk (so `tensorboard --logdir` follows a running job)"""
+
+
+@dataclass
+class LoggerSettings:
+    """The validated `logger` group: which backends run, with which options."""
+
+    health: HealthConfig
+    wandb: Optional[WandbConfig] = None
+    tensorboard: Optional[TensorBoardConfig] = None
+
+
+def logger_settings(cfg: DictConfig) -> LoggerSettings:
+    """Validate `cfg.logger` (unknown keys, wrong types, secrets) and return the typed settings.
+
+    `logger.console` is validated by `wsa_lab.config.validate`.
+    """
+    node = cfg.get("logger") or {}
+    entries = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = ("console", "health", "wandb", "tensorboard")
+    for key, value in entries.items():
+        if key not in known:
+            raise unknown_key_error(key, list(known), "logger")
+        for secret in SECRET_KEYS:
+            if isinstance(value, dict) and secret in value:
+                raise ConfigError(
+                    f"logger.{key}.{secret}: never put keys in the config (it is saved in the run folder and sent "
+                    "to W&B); run `wandb login` once or export WANDB_API_KEY in the job's environment"
+                )
+    settings = LoggerSettings(health=structured(HealthConfig, entries.get("health"), "logger.health"))
+    if "wandb" in entries:
+        settings.wandb = structured(WandbConfig, entries["wandb"], "logger.wandb")
+        settings.wandb.resolved_mode()  # a bad $WANDB_MODE fails here, at start-up
+    if "tensorboard" in entries:
+        settings.tensorboard = structured(TensorBoardConfig, entries["tensorboard"], "logger.tensorboard")
+    return settings
+
+
+@dataclass
+class RunIdentity:
+    """What a run is, for naming and grouping it in W&B/TensorBoard: arm, seed, phase, PTMs, sweep."""
+
+    arm: str
+    seed: int
+    phase: Optional[str]
+    ptm_names: list[str]
+    fusion: Optional[str]
+    wsa_enabled: bool
+    sweep: Optional[str] = None  # sweep-<date>_<time> inside a Hydra multirun
+
+    @property
+    def default_group(self) -> str:
+        return self.sweep or self.phase or self.arm
+
+    @property
+    def default_name(self) -> str:
+        return f"{self.arm}_seed{self.seed}"
+
+    @property
+    def tags(self) -> list[str]:
+        return [t for t in (self.phase, *self.ptm_names) if t]
+
+    def flat_fields(self) -> dict[str, Any]:
+        """Fields added at the top of the W&B config so dashboards can group by them."""
+        return {
+            "arm": self.arm,
+            "phase": self.phase,
+            "ptm_names": list(self.ptm_names),
+            "ptm_count": len(self.ptm_names),
+            "fusion": self.fusion,
+            "wsa_enabled": self.wsa_enabled,
+        }
+
+
+def _sweep_name() -> Optional[str]:
+    """`sweep-<date>_<time>` from Hydra's sweep folder when this process runs a multirun job, else None."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    parts = Path(str(hc.sweep.dir)).parts[-2:]
+    return "sweep-" + "_".join(parts)
+
+
+def run_identity(cfg: DictConfig) -> RunIdentity:
+    """The run's identity from its composed config (the same PTM names, in order, as `summary.json`)."""
+    wsa = cfg.actor_critic.get("wsa") or {}
+    enabled = bool(wsa.get("enabled", True))
+    names: list[str] = []
+    if enabled:
+        for i, ptm in enumerate(wsa.get("pretrained_models") or []):
+            names.append(str(ptm.get("name") or ptm.get("model_type") or f"ptm{i}"))
+    return RunIdentity(
+        arm=str(cfg.name),
+        seed=int(cfg.seed),
+        phase=None if cfg.get("phase") is None else str(cfg.phase),
+        ptm_names=names,
+        fusion=str(wsa.get("fusion", "wsa")) if enabled else None,
+        wsa_enabled=enabled,
+        sweep=_sweep_name(),
+    )

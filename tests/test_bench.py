@@ -1,0 +1,87 @@
+"""`python -m wsa_lab.bench`: runs every section at tiny sizes, reports ratios and verdicts, writes JSON;
+the greedy reference of the evaluation set is computed once, not at every evaluation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import subprocess_env
+from wsa_lab import bench
+from wsa_lab.envs import CoverageEnv
+from wsa_lab.models import build_actor_critic
+from wsa_lab.rl import Evaluator
+
+
+def row(arm: str, seconds: float, env_share: float = 0.01) -> dict:
+    return {"arm": arm, "iteration_s": seconds, "env_share": env_share}
+
+
+def test_ratios_and_verdicts():
+    rows = [row("standard", 4.0), row("wsa3_hybrid", 4.4), row("wsa3_hybrid_nocache", 5.5),
+            row("wsa3_frozen", 1.6, env_share=0.08), row("wsa3_frozen_nocache", 3.2)]
+    r = bench.ratios(rows)
+    assert r["hybrid_cost_vs_standard"] == pytest.approx(1.1)
+    assert r["frozen_speedup_vs_standard"] == pytest.approx(2.5)
+    assert r["wsa3_hybrid_cache_speedup"] == pytest.approx(1.25)
+    assert r["wsa3_frozen_cache_speedup"] == pytest.approx(2.0)
+    assert rows[0]["cost_vs_standard"] == 1.0
+    verdicts = bench.target_verdicts(r)
+    assert verdicts["hybrid_cost_vs_standard"]["met"] and verdicts["frozen_speedup_vs_standard"]["met"]
+    assert not verdicts["env_share_max"]["met"]  # 8% > 5%
+
+
+def test_greedy_reference_is_computed_once():
+    env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16, autoreset=False)
+    ptms = [{"name": "g", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
+    agent = build_actor_critic(node_feature_dim=6, image_size=16, wsa={"enabled": True, "pretrained_models": ptms})
+    with bench.count_greedy_calls() as calls:
+        evaluator = Evaluator(env, seed=3)
+        built = calls[0]
+        for _ in range(3):
+            evaluator.evaluate(agent)
+    assert built == 3  # one greedy action per step of the K=3-step episodes, at construction
+    assert calls[0] == built  # and none during the evaluations
+
+
+def test_peak_rss_is_read():
+    assert bench._max_rss_mib() > 10
+
+
+def test_quick_bench_in_process(tmp_path: Path):
+    out = tmp_path / "bench.json"
+    report = bench.main(["--quick", "--no-memory", "--only", "arms", "greedy", "--out", str(out)])
+    assert json.loads(out.read_text())["ratios"] == report["ratios"]
+    assert [r["arm"] for r in report["arms"]] == list(bench.ARMS)
+    for r in report["arms"]:
+        assert r["sps_overall"] > 0 and 0 <= r["env_share"] < 1 and r["batch_size"] == 16
+    by = {r["arm"]: r for r in report["arms"]}
+    assert by["wsa3_hybrid"]["frozen_feature_cache"] and not by["wsa3_hybrid_nocache"]["frozen_feature_cache"]
+    assert by["wsa3_frozen"]["params_trainable"] < by["wsa3_hybrid"]["params_trainable"]
+    assert {"hybrid_cost_vs_standard", "frozen_speedup_vs_standard", "env_share_max", "hybrid_cost_vs_standard_cpu_time"} <= set(report["verdicts"])
+    assert report["greedy_reference"]["computed_once"]
+    assert "synthetic weights" in report["weights"] or "real" in report["weights"]
+
+
+@pytest.mark.slow
+def test_bench_cli_every_section(tmp_path: Path, fake_torch_home: Path):
+    """The real command, tiny sizes, with the peak-RSS subprocesses: tables on stdout, JSON on disk."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsa_lab.bench", "--quick", "--out", str(out)],
+        capture_output=True, text=True, env=subprocess_env(fake_torch_home), timeout=1800, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "real ImageNet weights" in report["weights"]  # the fake cache is found like real files
+    for section in ("arms", "sweep_nodes", "sweep_ptms", "checkpointing", "greedy_reference"):
+        assert section in report, section
+    assert [r["num_nodes"] for r in report["sweep_nodes"]] == [20, 20, 40, 40]
+    assert [len(r["ptm_names"]) for r in report["sweep_ptms"]] == [1, 2]
+    assert all(r["rss_peak_mib"] >= r["rss_build_mib"] > 50 for r in report["arms"] + report["checkpointing"])
+    assert "## Main arms" in proc.stdout and "## Gradient checkpointing" in proc.stdout

@@ -1,0 +1,156 @@
+"""`python -m wsa_lab.report`: synthetic run folders with hand-checkable numbers, and a real tiny sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+from test_tracking import MICRO
+from wsa_lab.report import build_report
+from wsa_lab.report.__main__ import main as report_main
+from wsa_lab.report.analysis import BootstrapSettings
+from wsa_lab.report.runs import find_run_dirs
+
+NAMES = ["resnet18_imagenet", "graph_cnn"]
+
+
+def make_run(
+    root: Path, folder: str, arm: str, seed: int, greedy: float, status: str = "completed", ptms: list[str] | None = None,
+    steps: tuple[int, ...] = (64, 128),
+) -> Path:
+    """A run folder as train() leaves it: summary.json + metrics.jsonl (eval every step in `steps`)."""
+    ptms = NAMES if ptms is None else ptms
+    run = root / folder
+    run.mkdir(parents=True)
+    records = [{"global_step": 0, "reference/greedy_return": 1.0}]
+    for k, step in enumerate(steps, start=1):
+        frac = k / len(steps)
+        record = {"global_step": step, "charts/SPS": 100.0 + seed, "eval/greedy_ratio": greedy * frac, "eval/return": 2 * greedy * frac}
+        if ptms:
+            record.update({"wsa/attention/resnet18_imagenet": 0.5 + 0.1 * frac, "wsa/attention/graph_cnn": 0.5 - 0.1 * frac})
+        records.append(record)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {
+        "name": arm, "phase": "phase1", "seed": seed, "status": status, "ptm_names": ptms, "ptm_count": len(ptms),
+        "fusion": "wsa" if ptms else None, "wsa_enabled": bool(ptms), "wall_time_s": 10.0 + seed, "global_step": steps[-1],
+    }
+    if status == "completed":
+        summary.update({"eval/greedy_ratio": greedy, "eval/return": 2 * greedy, "wsa/health/verdict": "balanced"})
+    if status == "failed":
+        summary["error"] = "RuntimeError: CUDA out of memory"
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Two arms x 4 seeds, plus a failed and an unfinished run of the WSA arm with absurd scores."""
+    root = tmp_path / "multirun" / "2026-11-05" / "12-00-00-000001"
+    for seed, g in enumerate([0.0, 0.0, 0.0, 1.0]):  # hand-checkable: see test_stats
+        make_run(root, f"{seed}_phase1_baseline_seed{seed}", "phase1_baseline", seed, g, ptms=[])
+    for seed, g in enumerate([0.5, 0.6, 0.7, 0.8]):
+        make_run(root, f"{4 + seed}_phase1_wsa3_seed{seed}", "phase1_wsa3", seed, g)
+    make_run(root, "8_phase1_wsa3_seed4", "phase1_wsa3", 4, 99.0, status="failed")
+    make_run(root, "9_phase1_wsa3_seed5", "phase1_wsa3", 5, 99.0, status="running")
+    return root
+
+
+def test_finds_runs_below_any_folder(sweep: Path, tmp_path: Path):
+    assert len(find_run_dirs([sweep])) == 10
+    assert len(find_run_dirs([tmp_path])) == 10  # a parent folder: searched recursively
+    assert len(find_run_dirs([sweep / "0_phase1_baseline_seed0", sweep / "4_phase1_wsa3_seed0" / "summary.json"])) == 2
+    with pytest.raises(FileNotFoundError):
+        find_run_dirs([tmp_path / "nope"])
+
+
+def test_numbers_by_hand(sweep: Path):
+    report = build_report([sweep], boot=BootstrapSettings(reps=20_000, seed=3))
+    assert report.baseline == "phase1_baseline"
+    base, wsa = report.arms["phase1_baseline"], report.arms["phase1_wsa3"]
+    assert base.seeds == [0, 1, 2, 3] and wsa.seeds == [0, 1, 2, 3] and wsa.excluded == 2
+    g = "eval/greedy_ratio"
+    # baseline [0, 0, 0, 1]: mean 0.25 with CI [0, 0.75]; IQM 0 with CI [0, 1] (worked out in test_stats)
+    assert base.final[g]["mean"] == pytest.approx((0.25, 0.0, 0.75))
+    assert base.final[g]["iqm"] == pytest.approx((0.0, 0.0, 1.0))
+    # WSA [0.5, 0.6, 0.7, 0.8]: IQM = mean(0.6, 0.7); the failed/unfinished 99s are not averaged in
+    assert wsa.final[g]["iqm"].value == pytest.approx(0.65)
+    assert wsa.final["eval/return"]["mean"].value == pytest.approx(1.3)
+    # P(wsa > baseline): 0.5/0.6/0.7/0.8 each beat the three 0s; vs the 1.0 none do -> 12/16
+    assert wsa.improvement.value == pytest.approx(0.75)
+    assert 0 <= wsa.improvement.low <= 0.75 <= wsa.improvement.high <= 1
+    curve = report.curves["phase1_wsa3"][g]
+    assert curve.steps == [64, 128] and curve.runs == 4
+    assert curve.estimates[-1].value == pytest.approx(0.65)
+    assert set(report.attention["phase1_wsa3"]) == set(NAMES) and report.attention["phase1_baseline"] == {}
+    assert {r.status for r in report.excluded} == {"failed", "running"}
+
+
+def test_report_is_reproducible_and_baseline_selectable(sweep: Path):
+    a = build_report([sweep], boot=BootstrapSettings(reps=2000))
+    b = build_report([sweep], boot=BootstrapSettings(reps=2000))
+    assert a.arms["phase1_wsa3"].final == b.arms["phase1_wsa3"].final
+    other = build_report([sweep], baseline="phase1_wsa3", boot=BootstrapSettings(reps=500))
+    assert other.arms["phase1_baseline"].improvement.value == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="not found"):
+        build_report([sweep], baseline="phase9")
+
+
+def test_cli_writes_markdown_json_and_figures(sweep: Path, capsys: pytest.CaptureFixture):
+    assert report_main([str(sweep), "--reps", "1000"]) == 0
+    out = sweep / "report"
+    md = (out / "report.md").read_text()
+    for fig in ("learning_curves.png", "attention.png", "compute.png"):
+        assert (out / fig).stat().st_size > 1000
+        assert f"({fig})" in md
+    assert "| phase1_wsa3 |" in md and "4 (+2 left out)" in md
+    assert "Runs left out" in md and "CUDA out of memory" in md and "unfinished" in md
+    data = json.loads((out / "report.json").read_text())
+    assert data["arms"]["phase1_wsa3"]["final"]["eval/greedy_ratio"]["iqm"]["value"] == pytest.approx(0.65)
+    assert data["bootstrap"] == {"reps": 1000, "confidence": 0.95, "seed": 0}
+    printed = capsys.readouterr().out
+    assert "phase1_baseline" in printed and "left out:" in printed
+    assert report_main([str(sweep / "nothing_here")]) == 1
+
+
+def test_runs_with_the_same_name_but_other_ptms_are_split(tmp_path: Path):
+    for seed in range(2):
+        make_run(tmp_path, f"a{seed}", "wsa3_default", seed, 0.5)
+        make_run(tmp_path, f"b{seed}", "wsa3_default", seed, 0.6, ptms=["graph_cnn", "resnet18_random"])
+    report = build_report([tmp_path], boot=BootstrapSettings(reps=200))
+    assert sorted(report.arms) == [
+        "wsa3_default [ptm=graph_cnn,resnet18_random]", "wsa3_default [ptm=resnet18_imagenet,graph_cnn]",
+    ]
+    assert report.notes
+
+
+@pytest.mark.slow
+def test_report_on_a_real_two_arm_sweep(tmp_path: Path, fake_torch_home: Path):
+    """2 arms x 2 seeds through the real CLI (one Hydra multirun), then the report over the sweep folder."""
+    env = subprocess_env(fake_torch_home)
+    env.update({"WANDB_MODE": "offline", "WANDB_CONFIG_DIR": str(tmp_path / "wb_cfg"), "WANDB_CACHE_DIR": str(tmp_path / "wb_cache")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsa_lab", "-m", "experiment=phase1_baseline,phase3_hybrid", "seed=0,1", *MICRO],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = list((tmp_path / "multirun").glob("*/*"))
+    report = subprocess.run(
+        [sys.executable, "-m", "wsa_lab.report", str(sweep), "--reps", "2000"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert report.returncode == 0, report.stderr
+    data = json.loads((sweep / "report" / "report.json").read_text())
+    assert set(data["arms"]) == {"phase1_baseline", "phase3_hybrid"}
+    assert data["baseline"] == "phase1_baseline"
+    for arm in data["arms"].values():
+        assert sorted(arm["seeds"]) == [0, 1]
+        assert arm["final"]["eval/greedy_ratio"]["iqm"]["low"] is not None
+    assert data["arms"]["phase3_hybrid"]["improvement_over_baseline"]["value"] is not None
+    md = (sweep / "report" / "report.md").read_text()
+    assert "learning_curves.png" in md and "attention.png" in md
+    print(report.stdout)

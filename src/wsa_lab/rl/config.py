@@ -10,7 +10,7 @@ from wsa_lab.errors import ConfigError
 
 @dataclass
 class PPOConfig:
-    total_timesteps: int = 20_480
+    total_timesteps: int = 12_288
     """environment steps (all envs together) the run trains for"""
     num_envs: int = 16
     """environments stepped together (one batched CoverageEnv)"""

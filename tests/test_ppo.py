@@ -70,3 +70,26 @@ def test_one_update_changes_trainable_weights_only():
 def test_ppo_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         PPOConfig(**kwargs)
+
+
+def test_non_finite_loss_stops_training_with_the_step_and_quantity():
+    from wsa_lab.errors import TrainingDivergedError
+
+    env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16)
+    agent = small_agent()
+    ppo = PPO(agent, env, PPOConfig(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2))
+    with torch.no_grad():
+        agent.critic[-1].bias.fill_(float("nan"))  # the value (and so the loss) becomes NaN
+    with pytest.raises(TrainingDivergedError, match=r"non-finite loss at global_step 32 \(iteration 1"):
+        ppo.iterate()
+
+
+def test_non_finite_parameter_is_named():
+    from wsa_lab.errors import TrainingDivergedError
+
+    env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16)
+    ppo = PPO(small_agent(), env, PPOConfig(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2))
+    with torch.no_grad():
+        ppo.agent.head.log_std.fill_(float("inf"))
+    with pytest.raises(TrainingDivergedError, match="non-finite"):
+        ppo._check_parameters()

@@ -11,3 +11,7 @@ class ConfigError(WsaLabError):
 
 class WeightsNotFoundError(WsaLabError):
     """Pre-trained weights were asked for but are not available offline."""
+
+
+class TrainingDivergedError(WsaLabError):
+    """A loss, gradient or parameter became NaN/Inf; training stops before the bad step is saved."""

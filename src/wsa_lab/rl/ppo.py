@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from wsa_lab.envs import CoverageEnv, CoverageObs
+from wsa_lab.errors import TrainingDivergedError
 from wsa_lab.models import ActorCritic, HybridAction
 from wsa_lab.models.gpu import to_host
 from wsa_lab.rl.config import PPOConfig
@@ -185,8 +186,12 @@ class PPO:
                 loss = pg_loss - cfg.ent_coef * entropy_loss + v_loss * cfg.vf_coef
 
                 self.optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    self._diverged("loss", pg_loss=pg_loss.item(), v_loss=v_loss.item(), entropy=entropy_loss.item())
                 loss.backward()
-                nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), cfg.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    self._diverged("gradient norm", grad_norm=grad_norm.item())
                 self.optimizer.step()
             if cfg.target_kl is not None and approx_kl.item() > cfg.target_kl:
                 break
@@ -205,6 +210,19 @@ class PPO:
         }
 
     # ------------------------------------------------------------------ one iteration
+    def _diverged(self, quantity: str, **values: float) -> None:
+        """Stop before a non-finite step is applied or checkpointed (the last good checkpoint stays)."""
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise TrainingDivergedError(
+            f"non-finite {quantity} at global_step {self.global_step} (iteration {self.iteration + 1}; {detail}); "
+            "the last good checkpoint is kept: lower algo.learning_rate or algo.max_grad_norm and resume"
+        )
+
+    def _check_parameters(self) -> None:
+        for name, param in self.agent.named_parameters():
+            if not torch.isfinite(param).all():
+                self._diverged(f"parameter {name}")
+
     def iterate(self) -> dict[str, float]:
         """Anneal the learning rate, collect one rollout, update; return this iteration's metrics."""
         cfg = self.cfg
@@ -213,6 +231,7 @@ class PPO:
             self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
         metrics = self.collect_rollout()
         metrics.update(self.update())
+        self._check_parameters()
         self.iteration += 1
         metrics["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         elapsed = max(time.time() - self.start_time, 1e-9)

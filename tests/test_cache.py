@@ -122,3 +122,15 @@ def test_gpu_code_paths_run_when_forced_on_cpu(monkeypatch: pytest.MonkeyPatch):
         if ptms:
             cached = fast.frozen_features(obs)
             assert list(cached) == [0] and cached[0].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "gpu_cfg,match",
+    [({"amp": "fp16"}, "gpu.amp must be null or one of"), ({"amp_dtype": "bf16"}, "unknown key 'amp_dtype'"),
+     ({"compile": "yes"}, "expected bool")],
+)
+def test_bad_gpu_options_are_config_errors(gpu_cfg, match):
+    from wsa_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        make_agent(HYBRID, cache=True, gpu=gpu_cfg)

@@ -266,3 +266,11 @@ def test_gcn_stack_matches_pyg_gcnconv(obs):
         h = h + torch.relu(ref(h, inputs.edge_index))
     torch.testing.assert_close(stack(inputs.x, inputs.graph), h)
     torch.testing.assert_close(stack(inputs.x, inputs.edge_index), h)  # edge list in: adjacency built inside
+
+
+def test_knn_adjacency_equals_the_generic_one(obs):
+    from wsa_lab.models.encoders import gcn_adjacency, knn_gcn_adjacency
+
+    direct = knn_gcn_adjacency(obs.neighbors)
+    generic = gcn_adjacency(obs.edge_index(), obs.batch_size * obs.num_nodes)
+    torch.testing.assert_close(direct.to_dense(), generic.to_dense(), rtol=0, atol=0)

@@ -150,8 +150,13 @@ def run_iteration(arm: Arm) -> dict[str, float]:
             "rollout_cpu_s": cpu_mid - cpu_start, "update_cpu_s": cpu_end - cpu_mid}
 
 
-def measure(arms: list[Arm], warmup: int, repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Round-robin over the arms (so load changes hit every arm alike); medians of the timed rounds."""
+STATS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+
+
+def measure(
+    arms: list[Arm], warmup: int, repeats: int, log: Callable[[str], None], stat: str = "median"
+) -> list[dict[str, Any]]:
+    """Round-robin over the arms (so load changes hit every arm alike); `stat` (median) of the timed rounds."""
     for round_ in range(warmup + repeats):
         times = []
         for arm in arms:
@@ -160,15 +165,17 @@ def measure(arms: list[Arm], warmup: int, repeats: int, log: Callable[[str], Non
                 arm.samples.append(sample)
             times.append(f"{arm.name} {sample['rollout_s']:.2f}+{sample['update_s']:.2f}s")
         log(f"  round {round_ + 1}/{warmup + repeats}{' (warm-up)' if round_ < warmup else ''}: " + ", ".join(times))
-    return [summarise(arm) for arm in arms]
+    return [summarise(arm, stat) for arm in arms]
 
 
-def summarise(arm: Arm) -> dict[str, Any]:
+def summarise(arm: Arm, stat: str = "median") -> dict[str, Any]:
+    """Per-phase `stat` over the timed rounds; the iteration's own `stat` (not the sum of the phases')."""
+    agg = STATS[stat]
     keys = ("rollout_s", "update_s", "env_s", "rollout_cpu_s", "update_cpu_s")
-    med = {k: statistics.median(s[k] for s in arm.samples) for k in keys}
-    med["iteration_cpu_s"] = statistics.median(s["rollout_cpu_s"] + s["update_cpu_s"] for s in arm.samples)
+    med = {k: agg([s[k] for s in arm.samples]) for k in keys}
+    med["iteration_cpu_s"] = agg([s["rollout_cpu_s"] + s["update_cpu_s"] for s in arm.samples])
     iteration = [s["rollout_s"] + s["update_s"] for s in arm.samples]
-    total = statistics.median(iteration)
+    total = agg(iteration)
     steps = arm.info["batch_size"]
     row = {
         "arm": arm.name,
@@ -180,7 +187,7 @@ def summarise(arm: Arm) -> dict[str, Any]:
         "sps_rollout": steps / med["rollout_s"],
         "sps_update": steps / med["update_s"],
         "sps_overall": steps / total,
-        "env_share": statistics.median(s["env_s"] / (s["rollout_s"] + s["update_s"]) for s in arm.samples),
+        "env_share": agg([s["env_s"] / (s["rollout_s"] + s["update_s"]) for s in arm.samples]),
     }
     if arm.device.type == "cuda":
         row["cuda_max_allocated_mib"] = arm.cuda_peak / 2**20
@@ -374,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds of the main arms (median); default 5")
     parser.add_argument("--sweep-repeats", type=int, default=None, help="timed rounds of the sweeps; default 3")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds before the timed ones; default 1")
+    parser.add_argument("--stat", choices=list(STATS), default="median",
+                        help="statistic over the timed rounds (min resists other jobs on a shared machine)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--weights", choices=["auto", "real", "synthetic"], default="auto")
@@ -406,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python -m wsa_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(args.device),
         "settings": {"repeats": args.repeats, "sweep_repeats": args.sweep_repeats, "warmup": args.warmup,
-                     "overrides": common},
+                     "stat": args.stat, "overrides": common},
         "targets": TARGETS,
     }
     with tempfile.TemporaryDirectory() as workdir:
@@ -419,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def run_group(title: str, configs: dict[str, list[str]], repeats: int) -> list[dict[str, Any]]:
             log(f"{title}: building {len(configs)} configurations")
             arms = [build_arm(name, [*common, *ov], args.device, workdir) for name, ov in configs.items()]
-            rows = measure(arms, args.warmup, repeats, log)
+            rows = measure(arms, args.warmup, repeats, log, args.stat)
             if memory:
                 for row, arm in zip(rows, arms):
                     row.update(peak_rss_subprocess(arm.overrides, args.device))
@@ -488,7 +497,8 @@ def render(report: dict[str, Any]) -> str:
     out = [f"# wsa_lab.bench  ({report['machine']['device']}, {report['machine']['torch_threads']} threads, "
            f"{report['weights']})", ""]
     if "arms" in report:
-        out += ["## Main arms (env steps per second; medians)", "", table(report["arms"], ARM_COLUMNS), ""]
+        stat = report["settings"]["stat"]
+        out += [f"## Main arms (env steps per second; {stat} of the timed rounds)", "", table(report["arms"], ARM_COLUMNS), ""]
         for key, v in report.get("verdicts", {}).items():
             out.append(f"- {key}: {v['value']:.2f} (target {v['target']}): {'MET' if v['met'] else 'NOT MET'}")
         for key, value in report.get("ratios", {}).items():
@@ -507,8 +517,8 @@ def render(report: dict[str, Any]) -> str:
     if "checkpointing" in report:
         cols = [("config", "config", ""), ("image", "image_size", "d"), ("checkpointing", "checkpointing", ""),
                 ("peak RSS MiB", "rss_peak_mib", ".0f"), ("RSS after build MiB", "rss_build_mib", ".0f"),
-                ("CUDA MiB", "cuda_max_allocated_mib", ".0f"), ("update s", "update_s", ".2f")]
-        out += ["## Gradient checkpointing (one update epoch)", "", table(report["checkpointing"], cols), ""]
+                ("CUDA MiB", "cuda_max_allocated_mib", ".0f"), ("update s (one run)", "update_s", ".2f")]
+        out += ["## Gradient checkpointing (one update epoch of 128 samples)", "", table(report["checkpointing"], cols), ""]
     if "greedy_reference" in report:
         g = report["greedy_reference"]
         out += ["## Greedy reference", "",

@@ -27,6 +27,29 @@ def gcn_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
         return to_torch_csr_tensor(index.flip(0), weight, size=(num_nodes, num_nodes))
 
 
+def knn_gcn_adjacency(neighbors: Tensor) -> Tensor:
+    r""":func:`gcn_adjacency` of a batch of kNN graphs, built directly from the neighbour lists.
+
+    Every node has k in-edges (its k distinct nearest other nodes) plus its self loop, so every entry of
+    :math:`\hat A` is :math:`1/(k+1)`: no degree count and no sort of the edge list (large graphs).
+
+    Shapes:
+        - input: neighbors :math:`(B, N, k)` (`CoverageObs.neighbors`)
+        - output: :math:`(B \cdot N, B \cdot N)` sparse CSR, equal to ``gcn_adjacency(obs.edge_index(), B * N)``
+    """
+    batch, num_nodes, k = neighbors.shape
+    device = neighbors.device
+    offset = (torch.arange(batch, device=device) * num_nodes).view(batch, 1, 1)
+    own = torch.arange(num_nodes, device=device).view(1, num_nodes, 1) + offset
+    cols = torch.cat([neighbors + offset, own], dim=-1).view(batch * num_nodes, k + 1).sort(dim=1).values
+    crow = torch.arange(0, batch * num_nodes * (k + 1) + 1, k + 1, device=device)
+    inv_sqrt_deg = torch.tensor(float(k + 1), device=device).pow(-0.5)  # as gcn_norm computes it
+    values = (inv_sqrt_deg * inv_sqrt_deg).expand(cols.numel()).contiguous()
+    with warnings.catch_warnings():  # torch's one-time "sparse CSR support is in beta" notice
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols.reshape(-1), values, size=(batch * num_nodes, batch * num_nodes))
+
+
 class GCNStack(nn.Module):
     r"""`num_layers` GCN layers with ReLU and a residual connection after the first.
 

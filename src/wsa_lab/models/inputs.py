@@ -10,13 +10,13 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models import ResNet
 
 from wsa_lab.envs import CoverageObs
-from wsa_lab.models.encoders import gcn_adjacency
+from wsa_lab.models.encoders import knn_gcn_adjacency
 
 
 class StateInputs(NamedTuple):
     r"""A batch of B states with N nodes each.
 
-    `adj_t` is the GCN-normalised adjacency of `edge_index` (:func:`~wsa_lab.models.encoders.gcn_adjacency`),
+    `adj_t` is the GCN-normalised adjacency of `edge_index` (:func:`~wsa_lab.models.encoders.knn_gcn_adjacency`),
     built once here and shared by every GCN layer of every model that reads these states (`graph`).
 
     `cached_features` maps a PTM's index (its position in the extractor) to that PTM's frozen backbone
@@ -61,7 +61,7 @@ class StateInputs(NamedTuple):
             positions=obs.node_features[..., 3:5],  # (x, y) columns, see CoverageObs
             num_graphs=obs.batch_size,
             num_nodes=obs.num_nodes,
-            adj_t=gcn_adjacency(edge_index, obs.batch_size * obs.num_nodes),
+            adj_t=knn_gcn_adjacency(obs.neighbors),
             cached_features=cached_features,
         )
 

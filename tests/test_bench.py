@@ -85,3 +85,15 @@ def test_bench_cli_every_section(tmp_path: Path, fake_torch_home: Path):
     assert [len(r["ptm_names"]) for r in report["sweep_ptms"]] == [1, 2]
     assert all(r["rss_peak_mib"] >= r["rss_build_mib"] > 50 for r in report["arms"] + report["checkpointing"])
     assert "## Main arms" in proc.stdout and "## Gradient checkpointing" in proc.stdout
+    on = [r for r in report["checkpointing"] if r["checkpointing"]]
+    assert len(on) == 2 and all(r["grad_max_abs_diff"] <= 1e-6 for r in on), on  # same gradients, less memory
+
+
+def test_checkpointing_leaves_gradients_unchanged_in_the_bench_probe(tmp_path: Path):
+    """The bench's own gradient comparison (what BENCHMARKS.md reports) on a tiny WSA-3 hybrid."""
+    common = [*bench.QUICK, "env.image_size=64", "experiment=phase3_hybrid"]
+    off = [*common, "actor_critic.checkpoint_min_nodes=1000000"]
+    on = [*common, "actor_critic.checkpoint_min_nodes=0"]
+    weights, _ = bench.weights_dir_for("synthetic", str(tmp_path))
+    extra = [f"paths.weights_dir={weights}"]
+    assert bench.checkpoint_gradient_diff([*off, *extra], [*on, *extra], "cpu", str(tmp_path)) <= 1e-6

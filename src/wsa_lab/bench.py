@@ -8,7 +8,7 @@ RSS of a fresh subprocess running the arm; CUDA: max allocated). Then a scaling 
 PTM count, gradient checkpointing on/off at a large image, and a check that the greedy reference of the
 evaluation set is computed once. Prints tables and writes everything to a JSON file.
 
-    python -m wsa_lab.bench                    # everything (~15 min on 2 CPU cores)
+    python -m wsa_lab.bench                    # everything (~17 min on 2 CPU cores)
     python -m wsa_lab.bench --only arms        # the five main arms only
     python -m wsa_lab.bench --profile          # + the top ops of one update per main arm
 
@@ -476,9 +476,14 @@ def checkpoint_section(args: argparse.Namespace, common: list[str], image: int, 
                 f"actor_critic.checkpoint_min_nodes={0 if on else 1_000_000}",
             ]
     log(f"gradient checkpointing at image_size={image}: {len(configs)} configurations")
+    grad_diff = {arm: checkpoint_gradient_diff([*common, *configs[f"{arm}_ckpt_off"]],
+                                               [*common, *configs[f"{arm}_ckpt_on"]], args.device, workdir)
+                 for arm in ("standard", "wsa3_hybrid")}
     rows = []
     for name, ov in configs.items():
         row: dict[str, Any] = {"config": name, "image_size": image, "checkpointing": name.endswith("_on")}
+        if row["checkpointing"]:
+            row["grad_max_abs_diff"] = grad_diff[name.removesuffix("_ckpt_on")]
         if memory:
             row.update(peak_rss_subprocess([*common, *ov], args.device))
         else:
@@ -491,6 +496,23 @@ def checkpoint_section(args: argparse.Namespace, common: list[str], image: int, 
             del arm
         rows.append(row)
     return rows
+
+
+def checkpoint_gradient_diff(off: list[str], on: list[str], device: str, workdir: str) -> float:
+    """Largest |difference| over every parameter's gradient of one loss, checkpointing off vs on (same seed,
+    same states, same dropout draws): 0.0 means checkpointing changes memory and time, not the training."""
+    grads = []
+    for overrides in (off, on):
+        arm = build_arm("gradients", overrides, device, workdir)  # seed 0: same weights, same env states
+        agent = arm.ppo.agent
+        torch.manual_seed(1)  # the same dropout masks in both builds (checkpointing replays the RNG state)
+        step = agent.get_action_and_value(arm.ppo.next_obs)
+        (step.log_prob.sum() + step.value.sum() + step.entropy.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None})
+        del arm
+    if grads[0].keys() != grads[1].keys():
+        raise RuntimeError("checkpointing changed which parameters get gradients")
+    return max((grads[0][n] - grads[1][n]).abs().max().item() for n in grads[0])
 
 
 def render(report: dict[str, Any]) -> str:
@@ -517,7 +539,8 @@ def render(report: dict[str, Any]) -> str:
     if "checkpointing" in report:
         cols = [("config", "config", ""), ("image", "image_size", "d"), ("checkpointing", "checkpointing", ""),
                 ("peak RSS MiB", "rss_peak_mib", ".0f"), ("RSS after build MiB", "rss_build_mib", ".0f"),
-                ("CUDA MiB", "cuda_max_allocated_mib", ".0f"), ("update s (one run)", "update_s", ".2f")]
+                ("CUDA MiB", "cuda_max_allocated_mib", ".0f"), ("update s (one run)", "update_s", ".2f"),
+                ("max |grad diff| vs off", "grad_max_abs_diff", ".1e")]
         out += ["## Gradient checkpointing (one update epoch of 128 samples)", "", table(report["checkpointing"], cols), ""]
     if "greedy_reference" in report:
         g = report["greedy_reference"]

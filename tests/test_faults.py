@@ -21,7 +21,7 @@ from test_train import TINY, without_timing
 from wsa_lab.tracking import read_metrics
 from wsa_lab.train import train
 
-ITERATIONS, BATCH = 16, 32
+ITERATIONS, BATCH = 48, 32  # enough iterations that the kills below leave some for the SIGTERM
 RUN = [
     *[o for o in TINY if not o.startswith(("algo.total_timesteps=", "checkpoint.interval="))],
     f"algo.total_timesteps={ITERATIONS * BATCH}", "checkpoint.interval=2", "ptm=[graph_cnn]",
@@ -71,7 +71,7 @@ def test_sigkill_at_random_moments_then_sigterm_then_restart_matches_an_uninterr
     # 2-3. during training, a random number of iterations after the last restart, a random fraction into one
     for _ in range(2):
         proc = start(run_dir, tmp_path, fake_torch_home)
-        target = min(lines(run_dir) + rng.randint(1, 4), ITERATIONS)
+        target = min(lines(run_dir) + rng.randint(1, 4), ITERATIONS - 8)
         wait_for_lines(proc, run_dir, max(target, 2))
         time.sleep(rng.uniform(0.0, 0.4))
         proc.kill()
@@ -79,11 +79,12 @@ def test_sigkill_at_random_moments_then_sigterm_then_restart_matches_an_uninterr
         events.append(("SIGKILL", lines(run_dir)))
 
     # 4. SIGTERM: checkpoint at the end of the current iteration, exit 128 + 15
-    # Wait for a line this process wrote itself (more lines than before it started), so the signal cannot land
-    # during start-up, before the handler exists; if every line is already there, skip to the last restart.
+    # Wait for a line this process wrote itself (more lines than before it started), and not the final one
+    # (ITERATIONS + 1 lines: step 0 too), so the signal lands while the loop runs, not during start-up or exit.
+    # If the earlier kills left nothing to train, skip to the last restart.
     before = lines(run_dir)
     proc = start(run_dir, tmp_path, fake_torch_home)
-    if before <= ITERATIONS and wait_for_lines(proc, run_dir, before + 1):
+    if before < ITERATIONS and wait_for_lines(proc, run_dir, before + 1):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
         if proc.returncode != 0:  # 0: it happened to finish its last iteration meanwhile

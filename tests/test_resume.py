@@ -115,6 +115,23 @@ def test_sigterm_checkpoints_at_the_next_iteration_and_exits(tmp_path: Path, uni
     assert_same_run(out, uninterrupted)
 
 
+def test_sigterm_after_the_last_checkpoint_lets_the_run_complete(tmp_path: Path, uninterrupted: Path, monkeypatch):
+    """A signal while the summary is written (training done, final checkpoint on disk) must not kill the
+    process half-way through it: the run ends as completed."""
+    original = Tracker.finish
+
+    def finish_after_a_signal(self, summary):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, summary)
+
+    monkeypatch.setattr(Tracker, "finish", finish_after_a_signal)
+    out = tmp_path / "run"
+    assert run(out)["status"] == "completed"
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert_same_run(out, uninterrupted)
+
+
 def test_usr_signal_is_handed_to_the_jobs_own_handler_after_the_checkpoint(tmp_path: Path, monkeypatch):
     """What submitit does in a Slurm job: its USR2 handler requeues the job, then exits."""
     calls = []

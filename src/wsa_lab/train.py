@@ -170,50 +170,53 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     stopped_on_signal = False
     tracker = build_tracker(cfg, run_dir)
     tracker.write_summary({**summary, "status": "running"})
-    try:
-        with StopSignals() as signals, tqdm(
-            total=algo.num_iterations * algo.batch_size, initial=ppo.iteration * algo.batch_size, unit="step",
-            disable=not progress, dynamic_ncols=True,
-        ) as bar:
-            if resumed is None:
-                tracker.log(evaluator.reference, step=0)
-            while ppo.iteration < algo.num_iterations:
-                metrics = ppo.iterate()
-                last = ppo.iteration == algo.num_iterations
-                if ppo.iteration % eval_cfg.interval == 0 or last:
-                    history["last_eval"] = evaluator.evaluate(agent)
-                    ratio = history["last_eval"]["eval/greedy_ratio"]
-                    history["best_greedy_ratio"] = max(history["best_greedy_ratio"], ratio)
-                    metrics.update(history["last_eval"])
-                tracker.log(metrics, step=ppo.global_step)
-                if ppo.last_attention is not None:
-                    tracker.log_attention(ppo.last_attention, agent.ptm_names, step=ppo.global_step)
-                stop = signals.requested and not last
-                if ppo.iteration % ckpt_cfg.interval == 0 or last or stop:
-                    checkpoint()
-                bar.update(algo.batch_size)
-                bar.set_postfix(
-                    ret=f"{metrics.get('charts/episodic_return', float('nan')):.3f}",
-                    greedy_ratio=f"{history['last_eval'].get('eval/greedy_ratio', float('nan')):.3f}",
-                    sps=f"{metrics['charts/SPS']:.0f}",
-                )
-                if stop:
-                    stopped_on_signal = True
-                    signals.stop()  # requeue through submitit's handler, or exit 128 + signal
-    except BaseException as exc:
-        status = "interrupted" if stopped_on_signal else "failed"
-        tracker.finish({
-            **summary, "status": status, "error": f"{type(exc).__name__}: {exc}", "global_step": ppo.global_step,
-            "wall_time_s": resumed_time + time.time() - start,
-        })
-        raise
-    summary.update(
-        status="completed",
-        global_step=ppo.global_step,
-        iterations=ppo.iteration,
-        wall_time_s=resumed_time + time.time() - start,
-        best_greedy_ratio=history["best_greedy_ratio"],
-        **history["last_eval"],
-    )
-    tracker.finish(summary)
+    # Signals stay caught until the summary is written: one that lands after the last iteration's checkpoint
+    # (the run is complete) must not kill the process mid-summary.
+    with StopSignals() as signals:
+        try:
+            with tqdm(
+                total=algo.num_iterations * algo.batch_size, initial=ppo.iteration * algo.batch_size, unit="step",
+                disable=not progress, dynamic_ncols=True,
+            ) as bar:
+                if resumed is None:
+                    tracker.log(evaluator.reference, step=0)
+                while ppo.iteration < algo.num_iterations:
+                    metrics = ppo.iterate()
+                    last = ppo.iteration == algo.num_iterations
+                    if ppo.iteration % eval_cfg.interval == 0 or last:
+                        history["last_eval"] = evaluator.evaluate(agent)
+                        ratio = history["last_eval"]["eval/greedy_ratio"]
+                        history["best_greedy_ratio"] = max(history["best_greedy_ratio"], ratio)
+                        metrics.update(history["last_eval"])
+                    tracker.log(metrics, step=ppo.global_step)
+                    if ppo.last_attention is not None:
+                        tracker.log_attention(ppo.last_attention, agent.ptm_names, step=ppo.global_step)
+                    stop = signals.requested and not last
+                    if ppo.iteration % ckpt_cfg.interval == 0 or last or stop:
+                        checkpoint()
+                    bar.update(algo.batch_size)
+                    bar.set_postfix(
+                        ret=f"{metrics.get('charts/episodic_return', float('nan')):.3f}",
+                        greedy_ratio=f"{history['last_eval'].get('eval/greedy_ratio', float('nan')):.3f}",
+                        sps=f"{metrics['charts/SPS']:.0f}",
+                    )
+                    if stop:
+                        stopped_on_signal = True
+                        signals.stop()  # requeue through submitit's handler, or exit 128 + signal
+        except BaseException as exc:
+            status = "interrupted" if stopped_on_signal else "failed"
+            tracker.finish({
+                **summary, "status": status, "error": f"{type(exc).__name__}: {exc}", "global_step": ppo.global_step,
+                "wall_time_s": resumed_time + time.time() - start,
+            })
+            raise
+        summary.update(
+            status="completed",
+            global_step=ppo.global_step,
+            iterations=ppo.iteration,
+            wall_time_s=resumed_time + time.time() - start,
+            best_greedy_ratio=history["best_greedy_ratio"],
+            **history["last_eval"],
+        )
+        tracker.finish(summary)
     return summary

@@ -18,7 +18,7 @@ from test_train import TINY
 from wsa_lab import stats
 from wsa_lab.envs import CoverageEnv, build_conditions, generate_instances, prepare_condition
 from wsa_lab.envs import suites as suites_module
-from wsa_lab.errors import ConfigError
+from wsa_lab.errors import ConfigError, WeightsNotFoundError, WsaLabError
 from wsa_lab.evaluate import EvaluateSettings, compose_settings, evaluate_runs, find_runs, format_table, main
 from wsa_lab.train import train
 
@@ -280,3 +280,25 @@ def test_deterministic_policy_plays_unseen_sizes(tmp_path: Path):
     pos, demand = generate_instances(2, 40, generator=torch.Generator().manual_seed(0))
     returns = play(agent, env, (pos, demand), deterministic=True)
     assert returns.shape == (2,) and torch.isfinite(returns).all()
+
+
+@pytest.mark.slow
+def test_a_run_with_an_imagenet_ptm_evaluates_without_the_weight_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The checkpoint holds the frozen ImageNet backbone, so evaluation (on a laptop, another cluster) needs no
+    weight file; the result is the one obtained with the file present."""
+    run = tmp_path / "imagenet_run"
+    train(compose_config([*TINY, "ptm=[resnet18_imagenet,graph_cnn]"], run))
+    args = ["eval_env=in_distribution", *FAST, "device=cpu"]
+    with_file = evaluate_runs([run], args).runs[0]["conditions"]
+    empty = tmp_path / "empty_torch_home"
+    empty.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(empty))
+    with pytest.raises(WeightsNotFoundError, match="resnet18 not found"):  # training still needs the file
+        train(compose_config([*TINY, "ptm=[resnet18_imagenet,graph_cnn]"], tmp_path / "new_run"))
+    assert evaluate_runs([run], args).runs[0]["conditions"] == with_file
+    # A checkpoint that lacks the backbone's tensors is refused, never completed with random weights.
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    state["agent"] = {k: v for k, v in state["agent"].items() if "conv1" not in k}
+    torch.save(state, run / "checkpoints" / "last.pt")
+    with pytest.raises(WsaLabError, match="cannot load the agent"):
+        evaluate_runs([run], args)

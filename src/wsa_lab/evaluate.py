@@ -34,6 +34,7 @@ from wsa_lab.envs import CoverageEnv, CoverageObs, run_episodes
 from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.models import ActorCritic
+from wsa_lab.models.weights import weights_from_checkpoint
 from wsa_lab.schema import structured, unknown_key_error
 from wsa_lab.train import make_agent, make_env
 
@@ -172,10 +173,11 @@ def load_run(path: Path, device: torch.device) -> LoadedRun:
     summary_file = path / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     env = make_env(cfg, num_envs=1, seed=0, device=device, autoreset=False)
-    agent = make_agent(cfg, env).to(device)
+    with weights_from_checkpoint():  # the checkpoint holds the ImageNet backbones too: no weight file needed
+        agent = make_agent(cfg, env).to(device)
     try:
         state = load_checkpoint(path / CHECKPOINT, map_location=device)
-        agent.load_state_dict(state["agent"])
+        agent.load_state_dict(state["agent"], strict=True)
     except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WsaLabError(f"{path / CHECKPOINT}: cannot load the agent from it ({first})") from exc

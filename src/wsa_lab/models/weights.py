@@ -9,9 +9,11 @@ it. Never falls back to random weights.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -35,6 +37,26 @@ RESNETS: dict[str, ResNetEntry] = {
 GRAPH_TYPES = ("graph_cnn",)
 MODEL_TYPES = tuple(RESNETS) + GRAPH_TYPES
 WEIGHT_CHOICES = ("imagenet", "random")
+
+
+# True only while `weights_from_checkpoint` rebuilds a trained agent (see there).
+_CHECKPOINT_SUPPLIES_WEIGHTS: ContextVar[bool] = ContextVar("checkpoint_supplies_weights", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Build agents whose ImageNet ResNets are not read from disk, for a checkpoint to fill in.
+
+    A trained agent's checkpoint holds every parameter and buffer, the frozen ImageNet backbones included, so
+    evaluating it needs no weight file. Inside this block `weights: imagenet` builds the ImageNet architecture
+    (BatchNorm) without loading the file; the caller must then `load_state_dict(..., strict=True)`, which fails
+    on any missing tensor, so nothing ends up with random weights.
+    """
+    token = _CHECKPOINT_SUPPLIES_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        _CHECKPOINT_SUPPLIES_WEIGHTS.reset(token)
 
 
 def weights_file_name(model_type: str) -> str:
@@ -80,6 +102,8 @@ def load_resnet(model_type: str, weights: str, weights_path: str | None = None, 
         raise ConfigError(f"{model_type}: weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
     if weights == "random":
         model = RESNETS[model_type].builder(weights=None, norm_layer=lambda channels: nn.GroupNorm(32, channels))
+    elif _CHECKPOINT_SUPPLIES_WEIGHTS.get():
+        model = RESNETS[model_type].builder(weights=None)  # filled in by the caller's strict checkpoint load
     else:
         model = RESNETS[model_type].builder(weights=None)
         path = resolve_weights_file(model_type, weights_path, weights_dir)

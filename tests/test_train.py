@@ -47,7 +47,7 @@ def test_wsa_run_leaves_a_complete_run_folder(tmp_path: Path):
     assert 0 < records[0]["reference/random_greedy_ratio"] < 1
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["global_step"] == 64 and state["iteration"] == 2
-    assert {"agent", "optimizer", "rng", "env_rng"} <= set(state)
+    assert {"agent", "optimizer", "rng", "env"} <= set(state) and "generator" in state["env"]  # env RNG too
     assert "phase3_hybrid" in (out / "resolved_config.yaml").read_text()
     assert not list((out / "checkpoints").glob("*.tmp"))
 

@@ -109,6 +109,8 @@ def validate(cfg: DictConfig) -> RunSettings:
             raise unknown_key_error(key, list(ROOT_KEYS), "config")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {cfg.seed!r}")
+    if not isinstance(cfg.get("resume", True), bool):
+        raise ConfigError(f"resume must be true or false, got {cfg.resume!r}")
     settings = RunSettings(
         algo=structured(PPOConfig, cfg.algo, "algo"),
         evaluation=structured(EvaluationConfig, cfg.evaluation, "evaluation"),

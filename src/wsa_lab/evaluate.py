@@ -30,11 +30,11 @@ from omegaconf.errors import OmegaConfBaseException
 from wsa_lab import stats
 from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.config import config_dir, resolve_device
-from wsa_lab.envs import CoverageEnv, CoverageObs, run_episodes
 from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.models import ActorCritic
 from wsa_lab.models.weights import weights_from_checkpoint
+from wsa_lab.rl.evaluation import play
 from wsa_lab.schema import structured, unknown_key_error
 from wsa_lab.train import make_agent, make_env
 
@@ -186,25 +186,14 @@ def load_run(path: Path, device: torch.device) -> LoadedRun:
 
 
 # ---------------------------------------------------------------------------------------------- playing
-@torch.no_grad()
-def play(agent: ActorCritic, env: CoverageEnv, instances: tuple[torch.Tensor, torch.Tensor], deterministic: bool) -> torch.Tensor:
-    """One episode of the agent per instance; returns ``[B]`` episode returns (on the CPU)."""
-
-    def policy(obs: CoverageObs, _env: CoverageEnv) -> tuple[torch.Tensor, torch.Tensor]:
-        action = agent.get_action_and_value(obs, deterministic=deterministic).action
-        return action.node, action.radius.clamp(0.0, 1.0)
-
-    return run_episodes(env, policy, instances).cpu()
-
-
 def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, device: torch.device) -> dict[str, Any]:
     """The agent's greedy and stochastic returns on a prepared condition, with the references and ratios."""
     env = prepared.condition.make_env(prepared.num_instances, seed=seed, device=device)
-    deterministic = play(agent, env, prepared.instances, deterministic=True)
+    deterministic = play(agent, env, prepared.instances, deterministic=True).cpu()
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # sampled actions: reproducible, global RNG left untouched
         torch.manual_seed(seed)
-        stochastic = play(agent, env, prepared.repeated_instances(), deterministic=False)
+        stochastic = play(agent, env, prepared.repeated_instances(), deterministic=False).cpu()
     greedy_ref, random_ref = prepared.greedy_return, prepared.random_return
 
     def std(x: torch.Tensor) -> float:

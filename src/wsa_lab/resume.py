@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
@@ -24,6 +23,8 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from omegaconf import DictConfig, OmegaConf
+
+from wsa_lab.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,7 @@ def truncate_metrics(path: str | Path, step: int) -> int:
             elif line.strip():
                 dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(kept))
     return dropped
 
 

@@ -16,12 +16,8 @@ import numpy as np
 
 def iqm(scores: np.ndarray) -> float:
     """Interquartile mean: mean of the middle 50% (scipy's trim_mean(0.25), rliable's definition)."""
-    x = np.sort(np.asarray(scores, dtype=float).ravel())
-    n = len(x)
-    if n == 0:
-        return float("nan")
-    cut = int(0.25 * n)  # trim_mean drops int(0.25 n) values at each end
-    return float(x[cut : n - cut].mean())
+    x = np.asarray(scores, dtype=float)
+    return float(_iqm_batched(x[None])[0]) if x.size else float("nan")
 
 
 def mean(scores: np.ndarray) -> float:
@@ -32,7 +28,7 @@ def _iqm_batched(samples: np.ndarray) -> np.ndarray:
     """`iqm` of each sample in a (reps, ...) stack."""
     flat = np.sort(samples.reshape(samples.shape[0], -1), axis=1)
     n = flat.shape[1]
-    cut = int(0.25 * n)
+    cut = int(0.25 * n)  # trim_mean drops int(0.25 n) values at each end
     return flat[:, cut : n - cut].mean(axis=1)
 
 

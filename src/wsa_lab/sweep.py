@@ -32,6 +32,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from wsa_lab.files import write_text_atomic
+
 JOBS = ".jobs"
 FAILED = "FAILED"
 STATES = ("pending", "running", "done", "failed")
@@ -41,12 +43,6 @@ _current_sweep: Path | None = None  # the sweep this process launched (set in on
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -86,7 +82,7 @@ def update_job(sweep_dir: str | Path, num: int, **fields: Any) -> dict[str, Any]
         if fields.pop("attempts", None) == "+1":
             record["attempts"] += 1
         record.update(fields, updated=_now())
-        _write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
         _write_index(sweep_dir)
     return record
 
@@ -102,7 +98,7 @@ def _write_index(sweep_dir: Path) -> None:
     jobs = read_jobs(sweep_dir)
     counts = {state: sum(j["state"] == state for j in jobs) for state in STATES}
     index = {"sweep_dir": str(sweep_dir), "updated": _now(), "counts": counts, "jobs": jobs}
-    _write_text_atomic(sweep_dir / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(sweep_dir / "index.json", json.dumps(index, indent=1, sort_keys=True) + "\n")
     common, own = varying_overrides(jobs)
     lines = [
         f"# Sweep `{sweep_dir}`",
@@ -122,7 +118,7 @@ def _write_index(sweep_dir: Path) -> None:
             (j.get("error") or "")[:160],
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    _write_text_atomic(sweep_dir / "index.md", "\n".join(lines) + "\n")
+    write_text_atomic(sweep_dir / "index.md", "\n".join(lines) + "\n")
 
 
 def write_failure(folder: str | Path, overrides: Sequence[str], text: str) -> Path:
@@ -131,7 +127,7 @@ def write_failure(folder: str | Path, overrides: Sequence[str], text: str) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / FAILED
     header = f"failed at {_now()} on {socket.gethostname()}\noverrides: {' '.join(overrides)}\n\n"
-    _write_text_atomic(path, header + text.rstrip() + "\n")
+    write_text_atomic(path, header + text.rstrip() + "\n")
     return path
 
 

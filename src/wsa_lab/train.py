@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from wsa_lab.checkpoint import load_latest, save_rotating
+from wsa_lab.checkpoint import LAST, PREVIOUS, load_latest, save_rotating
 from wsa_lab.config import validate
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError, WsaLabError
@@ -73,7 +73,7 @@ def _start_over(run_dir: Path, drop_checkpoints: bool) -> None:
     if metrics.is_file():
         log.warning("starting over in %s: replacing its metrics.jsonl", run_dir)
         metrics.unlink()
-    for name in ("last.pt", "prev.pt") if drop_checkpoints else ():
+    for name in (LAST, PREVIOUS) if drop_checkpoints else ():
         path = run_dir / "checkpoints" / name
         if path.is_file():
             log.warning("resume=false: deleting %s", path)
@@ -82,8 +82,6 @@ def _start_over(run_dir: Path, drop_checkpoints: bool) -> None:
 
 def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: CoverageEnv, snapshot: dict[str, Any]) -> dict[str, Any] | None:
     """Continue from the run folder's newest usable checkpoint; return its history, or None for a fresh start."""
-    if not isinstance(cfg.get("resume", True), bool):
-        raise ConfigError(f"resume must be true or false, got {cfg.resume!r}")
     if not cfg.get("resume", True):
         _start_over(run_dir, drop_checkpoints=True)
         return None
@@ -161,7 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         history["wall_time_s"] = resumed_time + time.time() - start
         save_rotating(
             {
-                **ppo.state_dict(), "env": env.state_dict(), "rng": rng_state(), "env_rng": env.generator.get_state(),
+                **ppo.state_dict(), "env": env.state_dict(), "rng": rng_state(),
                 "history": history, "config": snapshot,
             },
             run_dir / "checkpoints",

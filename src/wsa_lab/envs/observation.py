@@ -13,6 +13,23 @@ NODE_FEATURE_NAMES: tuple[str, ...] = ("demand", "covered", "is_site", "x", "y",
 NODE_FEATURE_DIM: int = len(NODE_FEATURE_NAMES)
 
 
+def global_neighbors(neighbors: Tensor) -> Tensor:
+    """`neighbors` as node ids of the batch's disjoint union graph (instance ``b``'s node ``i`` is ``b * N + i``).
+
+    Shapes:
+        - input / output: ``[B, N, k]`` long
+    """
+    B, N, _ = neighbors.shape
+    return neighbors + (torch.arange(B, device=neighbors.device) * N).view(B, 1, 1)
+
+
+def knn_edge_index(neighbors: Tensor) -> Tensor:
+    """:meth:`CoverageObs.edge_index` of a ``[B, N, k]`` neighbour tensor: ``[2, B * N * k]``, sources in row 0."""
+    B, N, k = neighbors.shape
+    dst = torch.arange(B * N, device=neighbors.device).view(B, N, 1).expand(B, N, k)
+    return torch.stack([global_neighbors(neighbors).reshape(-1), dst.reshape(-1)])
+
+
 @dataclass
 class CoverageObs:
     """A batch of observations: one graph (and one image) per environment.
@@ -77,11 +94,7 @@ class CoverageObs:
         Shapes:
             - output: ``[2, B * N * k]`` long
         """
-        B, N, k = self.neighbors.shape
-        offset = (torch.arange(B, device=self.neighbors.device) * N).view(B, 1, 1)
-        src = self.neighbors + offset
-        dst = (torch.arange(N, device=self.neighbors.device).view(1, N, 1) + offset).expand(B, N, k)
-        return torch.stack([src.reshape(-1), dst.reshape(-1)])
+        return knn_edge_index(self.neighbors)
 
     def batch_vector(self) -> Tensor:
         """Instance index of every node of the flattened batch (PyG ``batch``).

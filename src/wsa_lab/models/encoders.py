@@ -10,6 +10,8 @@ from torch_geometric.nn import GCNConv, global_max_pool, global_mean_pool
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
+from wsa_lab.envs.observation import global_neighbors
+
 
 def gcn_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
     r"""GCN's normalised adjacency :math:`\hat A = D^{-1/2}(A + I)D^{-1/2}`, transposed, as a sparse CSR matrix.
@@ -31,7 +33,7 @@ def knn_gcn_adjacency(neighbors: Tensor) -> Tensor:
     r""":func:`gcn_adjacency` of a batch of kNN graphs, built directly from the neighbour lists.
 
     Every node has k in-edges (its k distinct nearest other nodes) plus its self loop, so every entry of
-    :math:`\hat A` is :math:`1/(k+1)`: no degree count and no sort of the edge list (large graphs).
+    :math:`\hat A` is :math:`1/(k+1)`: no degree count, no edge list, only a sort within each row.
 
     Shapes:
         - input: neighbors :math:`(B, N, k)` (`CoverageObs.neighbors`)
@@ -39,9 +41,8 @@ def knn_gcn_adjacency(neighbors: Tensor) -> Tensor:
     """
     batch, num_nodes, k = neighbors.shape
     device = neighbors.device
-    offset = (torch.arange(batch, device=device) * num_nodes).view(batch, 1, 1)
-    own = torch.arange(num_nodes, device=device).view(1, num_nodes, 1) + offset
-    cols = torch.cat([neighbors + offset, own], dim=-1).view(batch * num_nodes, k + 1).sort(dim=1).values
+    own = torch.arange(batch * num_nodes, device=device).view(batch, num_nodes, 1)
+    cols = torch.cat([global_neighbors(neighbors), own], dim=-1).view(batch * num_nodes, k + 1).sort(dim=1).values
     crow = torch.arange(0, batch * num_nodes * (k + 1) + 1, k + 1, device=device)
     inv_sqrt_deg = torch.tensor(float(k + 1), device=device).pow(-0.5)  # as gcn_norm computes it
     values = (inv_sqrt_deg * inv_sqrt_deg).expand(cols.numel()).contiguous()

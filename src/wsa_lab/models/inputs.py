@@ -10,28 +10,30 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.models import ResNet
 
 from wsa_lab.envs import CoverageObs
+from wsa_lab.envs.observation import knn_edge_index
 from wsa_lab.models.encoders import knn_gcn_adjacency
 
 
 class StateInputs(NamedTuple):
     r"""A batch of B states with N nodes each.
 
-    `adj_t` is the GCN-normalised adjacency of `edge_index` (:func:`~wsa_lab.models.encoders.knn_gcn_adjacency`),
-    built once here and shared by every GCN layer of every model that reads these states (`graph`).
+    `adj_t` is the GCN-normalised adjacency of the kNN graph (:func:`~wsa_lab.models.encoders.knn_gcn_adjacency`),
+    built once here and shared by every GCN layer of every model that reads these states (`graph`). The edge
+    list (`edge_index`) is derived from `neighbors` only when asked for: the models read `adj_t`.
 
     `cached_features` maps a PTM's index (its position in the extractor) to that PTM's frozen backbone
     output for these states, computed earlier (the rollout's frozen-feature cache, see
     :meth:`~wsa_lab.models.ActorCritic.frozen_features`); PTMs found there skip their backbone.
 
     Shapes:
-        - x: :math:`(B \cdot N, F)` node features; edge_index: :math:`(2, |E|)`; batch: :math:`(B \cdot N,)`
+        - x: :math:`(B \cdot N, F)` node features; neighbors: :math:`(B, N, k)`; batch: :math:`(B \cdot N,)`
         - image: :math:`(B, 3, H, W)` in [0, 1]; action_mask: :math:`(B, N)`; positions: :math:`(B, N, 2)`
         - adj_t: :math:`(B \cdot N, B \cdot N)` sparse CSR, or None (then `graph` is `edge_index`)
         - cached_features: ``{ptm index: (B, D_backbone)}`` or None
     """
 
     x: Tensor
-    edge_index: Tensor
+    neighbors: Tensor
     batch: Tensor
     image: Tensor
     action_mask: Tensor
@@ -40,6 +42,11 @@ class StateInputs(NamedTuple):
     num_nodes: int
     adj_t: Optional[Tensor] = None
     cached_features: Optional[dict[int, Tensor]] = None
+
+    @property
+    def edge_index(self) -> Tensor:
+        """The batch's kNN edges, :math:`(2, |E|)` (as `CoverageObs.edge_index`)."""
+        return knn_edge_index(self.neighbors)
 
     @property
     def graph(self) -> Tensor:
@@ -51,10 +58,9 @@ class StateInputs(NamedTuple):
         cls, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None, channels_last: bool = False
     ) -> "StateInputs":
         image = obs.image.contiguous(memory_format=torch.channels_last) if channels_last else obs.image
-        edge_index = obs.edge_index()
         return cls(
             x=obs.flat_node_features(),
-            edge_index=edge_index,
+            neighbors=obs.neighbors,
             batch=obs.batch_vector(),
             image=image,
             action_mask=obs.action_mask,

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from wsa_lab.envs import CoverageEnv, CoverageObs, greedy_returns, random_returns, run_episodes
 from wsa_lab.models import ActorCritic
+
+
+@torch.no_grad()
+def play(
+    agent: ActorCritic, env: CoverageEnv, instances: tuple[Tensor, Tensor], deterministic: bool = True
+) -> Tensor:
+    """One episode of `agent` per instance (deterministic: most likely node, mean radius; else sampled).
+
+    Shapes:
+        - output: ``[B]`` episode returns, on the env's device
+    """
+
+    def policy(obs: CoverageObs, _env: CoverageEnv) -> tuple[Tensor, Tensor]:
+        action = agent.get_action_and_value(obs, deterministic=deterministic).action
+        return action.node, action.radius.clamp(0.0, 1.0)
+
+    return run_episodes(env, policy, instances)
 
 
 class Evaluator:
@@ -30,17 +48,11 @@ class Evaluator:
             "reference/random_greedy_ratio": self.random_return / self.greedy_return,
         }
 
-    @torch.no_grad()
     def evaluate(self, agent: ActorCritic) -> dict[str, float]:
         """Deterministic policy (most likely node, mean radius) on every held-out instance, once."""
         was_training = agent.training
         agent.eval()
-
-        def policy(obs: CoverageObs, _env: CoverageEnv) -> tuple[torch.Tensor, torch.Tensor]:
-            action = agent.get_action_and_value(obs, deterministic=True).action
-            return action.node, action.radius.clamp(0.0, 1.0)
-
-        returns = run_episodes(self.env, policy, self.instances)
+        returns = play(agent, self.env, self.instances, deterministic=True)
         agent.train(was_training)
         mean = returns.mean().item()
         return {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from wsa_lab.files import write_text_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -42,11 +43,7 @@ class MetricsWriter:
 
 def write_json_atomic(data: Mapping[str, Any], path: str | Path) -> Path:
     """Write JSON via a temp file + rename, so readers never see a half-written summary."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({k: _clean(v) for k, v in data.items()}, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps({k: _clean(v) for k, v in data.items()}, indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -34,11 +34,11 @@ def count_calls(module: torch.nn.Module) -> list[int]:
     return calls
 
 
-def one_iteration(ptms, cache: bool, **kwargs):
+def one_iteration(ptms, cache: bool, device: str = "cpu", **kwargs):
     """A rollout and one update from the same seeds; what the update produced, and backbone call counts."""
-    agent = make_agent(ptms, cache, **kwargs)
+    agent = make_agent(ptms, cache, **kwargs).to(device)
     calls = [count_calls(p.backbone) for p in agent.actor.extractor.ptms] if agent.uses_wsa else []
-    env = CoverageEnv(num_envs=ENVS, num_nodes=20, num_sites=3, knn_k=4, image_size=16, seed=0)
+    env = CoverageEnv(num_envs=ENVS, num_nodes=20, num_sites=3, knn_k=4, image_size=16, seed=0, device=device)
     cfg = PPOConfig(total_timesteps=STEPS * ENVS, num_envs=ENVS, num_steps=STEPS, num_minibatches=MINIBATCHES,
                     update_epochs=EPOCHS)
     ppo = PPO(agent, env, cfg)
@@ -52,21 +52,26 @@ def one_iteration(ptms, cache: bool, **kwargs):
             "calls": [c[0] for c in calls], "cached": sorted(ppo.frozen_feats)}
 
 
+def assert_same_update(on: dict, off: dict, rtol: float = 1e-4, atol: float = 1e-6) -> None:
+    """Two `one_iteration` results agree: rollout, losses, gradients and updated weights."""
+    for key in on["rollout"]:
+        torch.testing.assert_close(on["rollout"][key], off["rollout"][key], rtol=rtol, atol=atol)
+    assert on["losses"].keys() == off["losses"].keys()
+    for key, value in on["losses"].items():
+        assert value == pytest.approx(off["losses"][key], rel=rtol, abs=atol), key
+    assert on["grads"].keys() == off["grads"].keys() and on["grads"]
+    for name, grad in on["grads"].items():
+        torch.testing.assert_close(grad, off["grads"][name], rtol=rtol, atol=atol, msg=name)
+    for name, value in on["weights"].items():
+        torch.testing.assert_close(value, off["weights"][name], rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize("ptms", [HYBRID, ALL_FROZEN], ids=["hybrid", "all_frozen"])
 def test_cache_gives_the_same_update(ptms):
     on, off = one_iteration(ptms, cache=True), one_iteration(ptms, cache=False)
     frozen = [i for i, p in enumerate(ptms) if p["freeze_backbone"]]
     assert on["cached"] == frozen and off["cached"] == []
-    for key in on["rollout"]:
-        torch.testing.assert_close(on["rollout"][key], off["rollout"][key])
-    assert on["losses"].keys() == off["losses"].keys()
-    for key, value in on["losses"].items():
-        assert value == pytest.approx(off["losses"][key], rel=1e-4, abs=1e-6), key
-    assert on["grads"].keys() == off["grads"].keys() and on["grads"]
-    for name, grad in on["grads"].items():
-        torch.testing.assert_close(grad, off["grads"][name], rtol=1e-4, atol=1e-6, msg=name)
-    for name, value in on["weights"].items():
-        torch.testing.assert_close(value, off["weights"][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_update(on, off)
     # frozen backbones: once per env step + the update's bootstrap value, never in the epochs
     minibatches = EPOCHS * MINIBATCHES
     for i, p in enumerate(ptms):
@@ -122,6 +127,19 @@ def test_gpu_code_paths_run_when_forced_on_cpu(monkeypatch: pytest.MonkeyPatch):
         if ptms:
             cached = fast.frozen_features(obs)
             assert list(cached) == [0] and cached[0].dtype == torch.bfloat16
+
+
+def test_compile_leaves_the_memory_layout_to_inductor(monkeypatch: pytest.MonkeyPatch):
+    """channels_last + compile broke compiled backward passes on a GPU: under compile, no NHWC conversion."""
+    monkeypatch.setattr(gpu, "ACCELERATED_DEVICE_TYPES", ("cuda", "cpu"))
+    obs = CoverageEnv(num_envs=3, num_nodes=20, num_sites=3, knn_k=4, image_size=16).reset()
+    nhwc = torch.channels_last
+    for compile_, expect_nhwc in ((False, True), (True, False)):
+        agent = make_agent(HYBRID, cache=True, gpu={"amp": None, "channels_last": True, "compile": compile_}).to("cpu")
+        body = agent.cnn_bodies()[0]
+        assert (getattr(body, "_compiled_call_impl", None) is not None) == compile_
+        assert body.conv1.weight.is_contiguous(memory_format=nhwc) == expect_nhwc
+        assert agent._inputs(obs).image.is_contiguous(memory_format=nhwc) == expect_nhwc
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,7 @@ def test_typo_on_the_cli_is_caught_by_hydra(tmp_path: Path):
         (["algo.num_envs=lots"], "expected int"),
         (["device=cuda:7"] if not torch.cuda.is_available() else ["device=nonsense"], "device"),
         (["seed=-1"], "seed must be an integer >= 0"),
+        (["deterministic=maybe"], "deterministic must be true or false"),
         (["actor_critic.wsa.fusion=sum"], "fusion must be one of"),
         (["ptm=[]"], "no PTMs"),
         (["env.image_size=16"], "too small for resnet18"),
@@ -163,6 +164,14 @@ def test_typo_on_the_cli_is_caught_by_hydra(tmp_path: Path):
 )
 def test_invalid_values_are_one_line_errors(overrides: list[str], match: str, tmp_path: Path):
     assert match in invalid(tmp_path, overrides)
+
+
+def test_deterministic_kernels_only_touch_cuda_runs():
+    from wsa_lab.seeding import deterministic_kernels
+
+    before = torch.are_deterministic_algorithms_enabled()
+    deterministic_kernels(torch.device("cpu"), True)  # CPU kernels are deterministic already: nothing to switch
+    assert torch.are_deterministic_algorithms_enabled() == before
 
 
 def test_graph_only_runs_may_use_small_images(tmp_path: Path):

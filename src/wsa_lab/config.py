@@ -18,7 +18,7 @@ from wsa_lab.rl.config import PPOConfig
 from wsa_lab.schema import structured, unknown_key_error
 
 ROOT_KEYS = (
-    "name", "phase", "seed", "device", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
+    "name", "phase", "seed", "device", "deterministic", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
     "paths", "evaluation", "checkpoint", "resume",
 )
 
@@ -100,6 +100,7 @@ class RunSettings:
     evaluation: EvaluationConfig
     checkpoint: CheckpointConfig
     device: torch.device
+    deterministic: bool = True
 
 
 def validate(cfg: DictConfig) -> RunSettings:
@@ -109,13 +110,15 @@ def validate(cfg: DictConfig) -> RunSettings:
             raise unknown_key_error(key, list(ROOT_KEYS), "config")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {cfg.seed!r}")
-    if not isinstance(cfg.get("resume", True), bool):
-        raise ConfigError(f"resume must be true or false, got {cfg.resume!r}")
+    for flag in ("resume", "deterministic"):
+        if not isinstance(cfg.get(flag, True), bool):
+            raise ConfigError(f"{flag} must be true or false, got {cfg[flag]!r}")
     settings = RunSettings(
         algo=structured(PPOConfig, cfg.algo, "algo"),
         evaluation=structured(EvaluationConfig, cfg.evaluation, "evaluation"),
         checkpoint=structured(CheckpointConfig, cfg.checkpoint, "checkpoint"),
         device=resolve_device(str(cfg.device)),
+        deterministic=cfg.get("deterministic", True),
     )
     for name, sub in (cfg.logger or {}).items():
         if name == "console":

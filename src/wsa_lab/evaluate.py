@@ -36,6 +36,7 @@ from wsa_lab.models import ActorCritic
 from wsa_lab.models.weights import weights_from_checkpoint
 from wsa_lab.rl.evaluation import play
 from wsa_lab.schema import structured, unknown_key_error
+from wsa_lab.seeding import deterministic_kernels
 from wsa_lab.train import make_agent, make_env
 
 CONFIG_NAME = "evaluate"
@@ -52,6 +53,7 @@ class EvaluateSettings:
     seed: int = 2027
     radius_grid: Optional[int] = None
     device: str = "auto"
+    deterministic: bool = True
     table: Optional[str] = None
     bootstrap_reps: int = 2000
 
@@ -224,6 +226,7 @@ def evaluate_runs(
     """Evaluate every run under `paths` on the suite chosen by `overrides`; write the JSON files and table."""
     settings, suite = compose_settings(overrides)
     device = resolve_device(settings.device)
+    deterministic_kernels(device, settings.deterministic)
     run_paths = find_runs(paths, warn=log)
     cache: dict[str, PreparedCondition] = {}  # condition -> instances + references, shared by the runs
     results = []

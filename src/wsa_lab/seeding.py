@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -14,6 +15,22 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds all CUDA devices
+
+
+def deterministic_kernels(device: torch.device, enabled: bool) -> None:
+    """Same seed -> same numbers on CUDA too (`deterministic` in conf/config.yaml); CPU kernels already are.
+
+    On a GPU, atomics in scatter/index_add (the renderer, GNN pooling, the backward of indexing) and cuDNN's
+    autotuned convolutions add run-to-run noise; torch's deterministic mode picks kernels without it, at
+    some speed cost (see BENCHMARKS.md). An op with no deterministic kernel then raises instead of drifting.
+    """
+    if device.type != "cuda":
+        return
+    if enabled:
+        # cuBLAS reads this when its first handle is made (the run's first matrix product, after this call)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = not enabled
 
 
 def rng_state() -> dict[str, Any]:

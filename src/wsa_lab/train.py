@@ -27,7 +27,7 @@ from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.models import ActorCritic
 from wsa_lab.resume import StopSignals, config_differences, config_snapshot, truncate_metrics
 from wsa_lab.rl import PPO, Evaluator
-from wsa_lab.seeding import rng_state, seed_everything, set_rng_state
+from wsa_lab.seeding import deterministic_kernels, rng_state, seed_everything, set_rng_state
 from wsa_lab.tracking import build_tracker
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     snapshot = config_snapshot(cfg)
 
     device = settings.device
+    deterministic_kernels(device, settings.deterministic)
     seed_everything(cfg.seed)
     env = make_env(cfg, num_envs=algo.num_envs, seed=cfg.seed, device=device)
     agent = make_agent(cfg, env).to(device)

@@ -108,11 +108,11 @@ class ActorCritic(nn.Module):
         if accelerated(device):
             prepare_cnn_bodies(self.cnn_bodies(), self.gpu, device)
             if isinstance(self.actor, StandardActor):
-                self.actor.channels_last = self.gpu.channels_last
+                self.actor.channels_last = self.gpu.nhwc
         return self
 
     def _inputs(self, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None) -> StateInputs:
-        channels_last = self.gpu.channels_last and accelerated(obs.image.device)
+        channels_last = self.gpu.nhwc and accelerated(obs.image.device)
         return StateInputs.from_obs(obs, cached_features, channels_last)
 
     def features(self, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None) -> ActorFeatures:

@@ -11,6 +11,9 @@ that sets them runs unchanged on a laptop. What they do:
 - ``compile``: the CNN bodies are compiled with ``torch.compile`` (``nn.Module.compile``, so state-dict
   keys are unchanged). The first iterations are slower while it compiles; stage-wise gradient
   checkpointing (``checkpoint_min_nodes``) calls the stages directly and bypasses the compiled body.
+  Under ``compile``, ``channels_last`` is not applied: inductor chooses convolution layouts itself, and
+  channels_last weights broke its backward pass (torch 2.11 on an H200: a stride assertion in
+  ``convolution_backward``, see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class GPUConfig:
         if self.amp is not None and self.amp not in AMP_DTYPES:
             raise ConfigError(f"actor_critic.gpu.amp must be null or one of {list(AMP_DTYPES)}, got {self.amp!r}")
 
+    @property
+    def nhwc(self) -> bool:
+        """Whether the channels_last layout is applied (not under `compile`: see the module docstring)."""
+        return self.channels_last and not self.compile
+
 
 def accelerated(device: torch.device) -> bool:
     return device.type in ACCELERATED_DEVICE_TYPES
@@ -58,7 +66,7 @@ def prepare_cnn_bodies(bodies: Iterable[nn.Module], cfg: GPUConfig, device: torc
     if not accelerated(device):
         return
     for body in bodies:
-        if cfg.channels_last:
+        if cfg.nhwc:
             body.to(memory_format=torch.channels_last)  # keeps the Parameter objects (optimisers stay valid)
         if cfg.compile and getattr(body, "_compiled_call_impl", None) is None:
             body.compile()

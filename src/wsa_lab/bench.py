@@ -35,6 +35,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from wsa_lab.files import write_text_atomic
+
 # Main arms: the comparison (standard actor vs WSA-3, with the frozen-feature cache on and off).
 ALL_FROZEN = ["ptm.graph_cnn.freeze_backbone=true", "ptm.resnet18_random.freeze_backbone=true"]
 NO_CACHE = ["actor_critic.frozen_feature_cache=false"]
@@ -461,7 +463,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["greedy_reference"] = greedy_reference_check(arm, overrides, workdir)
     text = render(report)
     print(text)
-    Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    write_text_atomic(args.out, json.dumps(report, indent=2, default=str))
     log(f"wrote {args.out}")
     return report
 

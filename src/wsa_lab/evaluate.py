@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab import stats
+from wsa_lab.files import write_text_atomic
 from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.config import config_dir, resolve_device
 from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
@@ -261,13 +262,13 @@ def evaluate_runs(
             },
             "conditions": per_condition,
         }
-        (path / f"eval_{suite.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(path / f"eval_{suite.name}.json", json.dumps(result, indent=2) + "\n")
         results.append(result)
         del run
     table = format_table(suite.name, results, settings)
     table_path = Path(settings.table) if settings.table else default_table_path(paths, suite.name)
     table_path.parent.mkdir(parents=True, exist_ok=True)
-    table_path.write_text(table)
+    write_text_atomic(table_path, table)
     return EvaluationResult(suite.name, results, table, table_path)
 
 

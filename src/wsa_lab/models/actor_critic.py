@@ -63,7 +63,7 @@ class ActorCritic(nn.Module):
 
     Interface follows CleanRL: `get_value(obs)` and `get_action_and_value(obs, action=None)`; both take
     optional `cached_features` from :meth:`frozen_features` (the frozen-feature cache, used by PPO when
-    `frozen_feature_cache` is true). `gpu` holds the CUDA-only options (see :mod:`wsa_lab.models.gpu`),
+    `frozen_feature_cache` is true; its rollout calls :meth:`rollout_step`, which returns both). `gpu` holds the CUDA-only options (see :mod:`wsa_lab.models.gpu`),
     applied by :meth:`to` when the model moves to a GPU and by the forward passes there.
     """
 
@@ -117,7 +117,9 @@ class ActorCritic(nn.Module):
 
     def features(self, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None) -> ActorFeatures:
         """The actor's features in float32 (computed under bf16 autocast on a GPU with `gpu.amp`)."""
-        inputs = self._inputs(obs, cached_features)
+        return self._features(self._inputs(obs, cached_features))
+
+    def _features(self, inputs: StateInputs) -> ActorFeatures:
         with autocast(self.gpu, inputs.image.device):
             out = self.actor(inputs)
         if out.global_feat.dtype == torch.float32:
@@ -127,16 +129,18 @@ class ActorCritic(nn.Module):
             fusion = FusedFeatures(*(t.float() if t is not None else None for t in fusion))
         return ActorFeatures(out.node_emb.float(), out.global_feat.float(), fusion)
 
-    @torch.no_grad()
     def frozen_features(self, obs: CoverageObs) -> dict[int, Tensor]:
         """Backbone outputs of the frozen PTMs, ``{ptm index: (B, D)}`` (empty for the Standard Actor).
 
         A frozen backbone is a fixed function of the state (no gradients, eval mode), so the rollout
         computes this once per env step and the PPO epochs pass it back as `cached_features`.
         """
+        return self._frozen_features(self._inputs(obs))
+
+    @torch.no_grad()
+    def _frozen_features(self, inputs: StateInputs) -> dict[int, Tensor]:
         if not self.uses_wsa:
             return {}
-        inputs = self._inputs(obs)
         with autocast(self.gpu, inputs.image.device):
             return self.actor.extractor.frozen_features(inputs)
 
@@ -150,8 +154,22 @@ class ActorCritic(nn.Module):
         deterministic: bool = False,
         cached_features: Optional[dict[int, Tensor]] = None,
     ) -> PolicyStep:
-        features = self.features(obs, cached_features)
-        out = self.head(features.node_emb, features.global_feat, obs.action_mask, action, deterministic)
+        return self._policy_step(self._inputs(obs, cached_features), action, deterministic)
+
+    def rollout_step(self, obs: CoverageObs) -> tuple[PolicyStep, dict[int, Tensor]]:
+        """`get_action_and_value(obs)` plus the frozen PTMs' features for the cache (empty when it is off).
+
+        One `StateInputs` (graph adjacency, image layout) serves both the frozen backbones and the actor.
+        """
+        inputs = self._inputs(obs)
+        cached = self._frozen_features(inputs) if self.cacheable else {}
+        return self._policy_step(inputs._replace(cached_features=cached or None)), cached
+
+    def _policy_step(
+        self, inputs: StateInputs, action: Optional[HybridAction] = None, deterministic: bool = False
+    ) -> PolicyStep:
+        features = self._features(inputs)
+        out = self.head(features.node_emb, features.global_feat, inputs.action_mask, action, deterministic)
         value = self.critic(features.global_feat).squeeze(-1)
         return PolicyStep(out.action, out.log_prob, out.entropy, value, features)
 

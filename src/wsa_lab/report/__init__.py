@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from wsa_lab import stats
+from wsa_lab.files import write_text_atomic
 from wsa_lab.report.analysis import (
     FINAL_METRICS, ArmStats, BootstrapSettings, Curve, arm_stats, attention_curves, choose_baseline, learning_curve,
 )
@@ -216,6 +217,6 @@ def write_report(report: Report, out_dir: Path, sources: list[str], plots: bool 
         }
         report.figures = {k: v for k, v in figures.items() if v is not None}
     md = out_dir / "report.md"
-    md.write_text(render_markdown(report, out_dir, sources) + "\n", encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(report_json(report), indent=2, default=str) + "\n", encoding="utf-8")
+    write_text_atomic(md, render_markdown(report, out_dir, sources) + "\n")
+    write_text_atomic(out_dir / "report.json", json.dumps(report_json(report), indent=2, default=str) + "\n")
     return md

@@ -87,10 +87,9 @@ class PPO:
             self.global_step += self.env.num_envs
             _store(self.obs, step, self.next_obs)
             self.dones[step] = self.next_done
-            cached = self.agent.frozen_features(self.next_obs) if use_cache else None
+            out, cached = self.agent.rollout_step(self.next_obs)
             if cached:
                 self._store_frozen(step, cached)
-            out = self.agent.get_action_and_value(self.next_obs, cached_features=cached)
             self.values[step] = out.value
             self.nodes[step], self.radii[step] = out.action.node, out.action.radius
             self.logprobs[step] = out.log_prob

@@ -28,11 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab import stats
-from wsa_lab.files import write_text_atomic
 from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.config import config_dir, resolve_device
 from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 from wsa_lab.errors import ConfigError, WsaLabError
+from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
 from wsa_lab.models.weights import weights_from_checkpoint
 from wsa_lab.rl.evaluation import play

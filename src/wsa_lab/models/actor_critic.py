@@ -63,8 +63,9 @@ class ActorCritic(nn.Module):
 
     Interface follows CleanRL: `get_value(obs)` and `get_action_and_value(obs, action=None)`; both take
     optional `cached_features` from :meth:`frozen_features` (the frozen-feature cache, used by PPO when
-    `frozen_feature_cache` is true; its rollout calls :meth:`rollout_step`, which returns both). `gpu` holds the CUDA-only options (see :mod:`wsa_lab.models.gpu`),
-    applied by :meth:`to` when the model moves to a GPU and by the forward passes there.
+    `frozen_feature_cache` is true; its rollout calls :meth:`rollout_step`, which returns both). `gpu` holds
+    the CUDA-only options (see :mod:`wsa_lab.models.gpu`), applied by :meth:`to` when the model moves to a
+    GPU and by the forward passes there.
     """
 
     def __init__(

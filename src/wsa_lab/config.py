@@ -100,7 +100,7 @@ class RunSettings:
     evaluation: EvaluationConfig
     checkpoint: CheckpointConfig
     device: torch.device
-    deterministic: bool = True
+    deterministic: bool
 
 
 def validate(cfg: DictConfig) -> RunSettings:

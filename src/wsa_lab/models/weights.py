@@ -102,19 +102,18 @@ def load_resnet(model_type: str, weights: str, weights_path: str | None = None, 
         raise ConfigError(f"{model_type}: weights must be one of {WEIGHT_CHOICES}, got {weights!r}")
     if weights == "random":
         model = RESNETS[model_type].builder(weights=None, norm_layer=lambda channels: nn.GroupNorm(32, channels))
-    elif _CHECKPOINT_SUPPLIES_WEIGHTS.get():
-        model = RESNETS[model_type].builder(weights=None)  # filled in by the caller's strict checkpoint load
     else:
         model = RESNETS[model_type].builder(weights=None)
-        path = resolve_weights_file(model_type, weights_path, weights_dir)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as exc:  # a truncated or foreign file must not become a silent random model
-            raise WeightsNotFoundError(
-                f"could not load ImageNet weights for {model_type} from {path}: {exc}. "
-                f"Replace the file with {RESNETS[model_type].imagenet.url}."
-            ) from exc
+        if not _CHECKPOINT_SUPPLIES_WEIGHTS.get():  # else the caller's strict checkpoint load fills it in
+            path = resolve_weights_file(model_type, weights_path, weights_dir)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+            except Exception as exc:  # a truncated or foreign file must not become a silent random model
+                raise WeightsNotFoundError(
+                    f"could not load ImageNet weights for {model_type} from {path}: {exc}. "
+                    f"Replace the file with {RESNETS[model_type].imagenet.url}."
+                ) from exc
     model.fc = nn.Identity()
     return model
 

@@ -64,3 +64,12 @@ def subprocess_env(torch_home: Path) -> dict[str, str]:
     env["WANDB_MODE"] = "offline"
     env.pop("HYDRA_FULL_ERROR", None)
     return env
+
+
+def coverage_specs(num_nodes: int = 20, image_size: int = 32):
+    """(ObservationSpec, ActionSpec) of the coverage env: what `build_actor_critic` is sized from."""
+    from wsa_lab.contract import action_spec, observation_spec
+    from wsa_lab.envs import coverage_spaces
+
+    observation, action = coverage_spaces(num_nodes, image_size)
+    return observation_spec(observation), action_spec(action)

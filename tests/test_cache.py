@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import coverage_specs
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.models import StateInputs, build_actor_critic, gpu
 from wsa_lab.rl import PPO, PPOConfig
@@ -23,7 +24,7 @@ def make_agent(ptms, cache: bool, **kwargs):
     torch.manual_seed(0)
     wsa = {"enabled": bool(ptms), "pretrained_models": ptms, "attention": {"hidden_dim": 16, "dropout": 0.1}}
     return build_actor_critic(
-        node_feature_dim=6, image_size=16, hidden_dim=16, context_dim=16, feature_dim=16, graph_cnn_hidden_dim=16,
+        *coverage_specs(image_size=32), hidden_dim=16, context_dim=16, feature_dim=16, graph_cnn_hidden_dim=16,
         head_hidden_dim=16, frozen_feature_cache=cache, wsa=wsa, **kwargs,
     )
 
@@ -38,7 +39,7 @@ def one_iteration(ptms, cache: bool, device: str = "cpu", **kwargs):
     """A rollout and one update from the same seeds; what the update produced, and backbone call counts."""
     agent = make_agent(ptms, cache, **kwargs).to(device)
     calls = [count_calls(p.backbone) for p in agent.actor.extractor.ptms] if agent.uses_wsa else []
-    env = CoverageEnv(num_envs=ENVS, num_nodes=20, num_sites=3, knn_k=4, image_size=16, seed=0, device=device)
+    env = CoverageEnv(num_envs=ENVS, num_nodes=20, num_sites=3, knn_k=4, image_size=32, seed=0, device=device)
     cfg = PPOConfig(total_timesteps=STEPS * ENVS, num_envs=ENVS, num_steps=STEPS, num_minibatches=MINIBATCHES,
                     update_epochs=EPOCHS)
     ppo = PPO(agent, env, cfg)
@@ -89,8 +90,8 @@ def test_standard_actor_has_nothing_to_cache():
 
 def test_cached_features_are_refused_for_a_trainable_ptm():
     agent = make_agent(HYBRID, cache=True)
-    env = CoverageEnv(num_envs=2, num_nodes=20, num_sites=3, knn_k=4, image_size=16)
-    inputs = StateInputs.from_obs(env.reset())
+    env = CoverageEnv(num_envs=2, num_nodes=20, num_sites=3, knn_k=4, image_size=32)
+    inputs = StateInputs.from_batch(env.reset())
     trainable = agent.actor.extractor.ptms[2]
     with pytest.raises(ValueError, match="only frozen backbone features can be cached"):
         trainable(inputs, cached=torch.zeros(2, 512))
@@ -102,7 +103,7 @@ def test_gpu_options_are_no_ops_on_cpu():
     agent.to("cpu")
     body = agent.actor.extractor.ptms[0].backbone
     assert body.conv1.weight.is_contiguous() and getattr(body, "_compiled_call_impl", None) is None
-    obs = CoverageEnv(num_envs=3, num_nodes=20, num_sites=3, knn_k=4, image_size=16).reset()
+    obs = CoverageEnv(num_envs=3, num_nodes=20, num_sites=3, knn_k=4, image_size=32).reset()
     agent.eval(), plain.eval()
     with torch.no_grad():
         torch.testing.assert_close(agent.get_value(obs), plain.get_value(obs), rtol=0, atol=0)
@@ -116,7 +117,7 @@ def test_gpu_code_paths_run_when_forced_on_cpu(monkeypatch: pytest.MonkeyPatch):
         ref = make_agent(ptms, cache=True, gpu={"amp": None, "channels_last": False}).to("cpu")
         body = fast.cnn_bodies()[0]
         assert body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-        obs = CoverageEnv(num_envs=3, num_nodes=20, num_sites=3, knn_k=4, image_size=16).reset()
+        obs = CoverageEnv(num_envs=3, num_nodes=20, num_sites=3, knn_k=4, image_size=32).reset()
         fast.eval(), ref.eval()
         out = fast.get_action_and_value(obs, deterministic=True)
         assert out.log_prob.dtype == torch.float32 and out.value.dtype == torch.float32
@@ -132,7 +133,7 @@ def test_gpu_code_paths_run_when_forced_on_cpu(monkeypatch: pytest.MonkeyPatch):
 def test_compile_leaves_the_memory_layout_to_inductor(monkeypatch: pytest.MonkeyPatch):
     """channels_last + compile broke compiled backward passes on a GPU: under compile, no NHWC conversion."""
     monkeypatch.setattr(gpu, "ACCELERATED_DEVICE_TYPES", ("cuda", "cpu"))
-    obs = CoverageEnv(num_envs=3, num_nodes=20, num_sites=3, knn_k=4, image_size=16).reset()
+    obs = CoverageEnv(num_envs=3, num_nodes=20, num_sites=3, knn_k=4, image_size=32).reset()
     nhwc = torch.channels_last
     for compile_, expect_nhwc in ((False, True), (True, False)):
         agent = make_agent(HYBRID, cache=True, gpu={"amp": None, "channels_last": True, "compile": compile_}).to("cpu")

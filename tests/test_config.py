@@ -157,8 +157,8 @@ def test_typo_on_the_cli_is_caught_by_hydra(tmp_path: Path):
         (["deterministic=maybe"], "deterministic must be true or false"),
         (["actor_critic.wsa.fusion=sum"], "fusion must be one of"),
         (["ptm=[]"], "no PTMs"),
-        (["env.image_size=16"], "too small for resnet18"),
-        (["experiment=phase1_baseline", "env.image_size=16"], "too small for resnet18"),
+        (["env.image_size=16"], "env.image_size=16) is too small for PTM 'resnet18_imagenet' (resnet18)"),
+        (["experiment=phase1_baseline", "env.image_size=16"], "raster_size=16 (default: env.image_size) is too small"),
         (["actor_critic.standard.weights=imagnet", "experiment=phase1_baseline"], "weights must be one of"),
     ],
 )

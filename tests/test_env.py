@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from wsa_lab.contract import GraphBatch, observation_spec
 from wsa_lab.envs import (
     GYM_ENV_ID,
     CoverageEnv,
     CoverageGymEnv,
-    CoverageObs,
     generate_instances,
     greedy_action,
     greedy_returns,
@@ -24,10 +24,16 @@ from wsa_lab.envs import (
     render_image,
     run_episodes,
 )
+from wsa_lab.envs.observation import knn_edge_index
 
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def nodes(obs: GraphBatch) -> torch.Tensor:
+    """A coverage batch's node features as [B, N, 6] (every instance has N nodes)."""
+    return obs.x.view(obs.num_graphs, -1, obs.x.shape[-1])
 
 
 # --------------------------------------------------------------------------- instances
@@ -81,24 +87,28 @@ def test_knn_matches_brute_force():
 
 
 # --------------------------------------------------------------------------- observation
-def test_observation_graph_helpers():
+def test_observation_is_a_graph_batch():
     env = CoverageEnv(num_envs=3, num_nodes=6, num_sites=2, knn_k=2)
     obs = env.reset()
-    assert obs.batch_size == 3 and obs.num_nodes == 6
-    ei = obs.edge_index()
+    assert obs.num_graphs == 3 and obs.num_nodes == 18 and obs.uniform_size == 6 and obs.in_degree == 2
+    ei = obs.edge_index
     assert ei.shape == (2, 3 * 6 * 2)
     expected = {
-        (b * 6 + int(obs.neighbors[b, i, j]), b * 6 + i) for b in range(3) for i in range(6) for j in range(2)
+        (b * 6 + int(env.neighbors[b, i, j]), b * 6 + i) for b in range(3) for i in range(6) for j in range(2)
     }
     assert set(map(tuple, ei.t().tolist())) == expected
-    assert obs.batch_vector().tolist() == [0] * 6 + [1] * 6 + [2] * 6
-    flat = obs.flat_node_features()
-    assert flat.shape == (18, 6) and torch.equal(flat[2 * 6 + 4], obs.node_features[2, 4])
-    sub = obs.map(lambda t: t[1:])
-    assert sub.batch_size == 2 and torch.equal(sub.image, obs.image[1:])
-    both = CoverageObs.cat([obs, sub])
-    assert both.batch_size == 5 and torch.equal(both.neighbors[3:], obs.neighbors[1:])
-    assert obs.to("cpu").node_features.device.type == "cpu"
+    assert ei[1].tolist() == [i for i in range(18) for _ in range(2)]  # grouped by target: in_degree holds
+    assert obs.batch.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    assert obs.ptr.tolist() == [0, 6, 12, 18] and obs.edge_ptr.tolist() == [0, 12, 24, 36]
+    torch.testing.assert_close(obs.positions.view(3, 6, 2), env.pos)
+    torch.testing.assert_close(nodes(obs)[..., 3:5], env.pos)
+    # edge feature: the neighbour's distance
+    src, dst = ei
+    torch.testing.assert_close(obs.edge_attr[:, 0], (obs.positions[src] - obs.positions[dst]).norm(dim=-1))
+    assert obs.image.shape == (3, 3, 32, 32)
+    # the contract's spaces describe it
+    spec = observation_spec(env.single_observation_space)
+    assert spec.node_feature_dim == 6 and spec.edge_feature_dim == 1 and spec.image_shape == (3, 32, 32)
 
 
 # --------------------------------------------------------------------------- dynamics
@@ -119,8 +129,8 @@ def test_dynamics_hand_computed():
     env = hand_env()
     assert env.num_envs == 2
     obs = env.observe()
-    torch.testing.assert_close(obs.node_features[0, :, 0], HAND_DEMAND * 5)
-    assert obs.node_features[:, :, 5].eq(1.0).all()  # (K - 0) / K
+    torch.testing.assert_close(nodes(obs)[0, :, 0], HAND_DEMAND * 5)
+    assert nodes(obs)[:, :, 5].eq(1.0).all()  # (K - 0) / K
 
     # Env 0: site 0, a = 0.5 -> r = 0.1 + 0.5 * 0.2 = 0.2: covers nodes 0 (d=0) and 1 (d=0.1),
     # not node 2 (d=0.25). Reward = 0.1 + 0.2 - 0.5 * 0.2^2 = 0.28.
@@ -128,10 +138,10 @@ def test_dynamics_hand_computed():
     obs, rew, term, trunc, _ = env.step(torch.tensor([0, 3]), torch.tensor([0.5, 0.0]))
     torch.testing.assert_close(rew, torch.tensor([0.28, 0.395]))
     assert env.covered.tolist() == [[True, True, False, False, False], [False, False, False, True, True]]
-    assert obs.action_mask.tolist() == [[False, True, True, True, True], [True, True, True, False, True]]
-    assert obs.node_features[0, :, 1].tolist() == [1, 1, 0, 0, 0]  # covered
-    assert obs.node_features[0, :, 2].tolist() == [1, 0, 0, 0, 0]  # is_site
-    torch.testing.assert_close(obs.node_features[:, :, 5], torch.full((2, 5), 2 / 3))
+    assert obs.action_mask.view(2, 5).tolist() == [[False, True, True, True, True], [True, True, True, False, True]]
+    assert nodes(obs)[0, :, 1].tolist() == [1, 1, 0, 0, 0]  # covered
+    assert nodes(obs)[0, :, 2].tolist() == [1, 0, 0, 0, 0]  # is_site
+    torch.testing.assert_close(nodes(obs)[:, :, 5], torch.full((2, 5), 2 / 3))
     assert env.site_radius[0].tolist() == pytest.approx([0.2, 0, 0, 0, 0])
     assert not term.any() and not trunc.any()
 
@@ -139,7 +149,7 @@ def test_dynamics_hand_computed():
     # Env 1: site 1, a = 0.25 -> r = 0.15: covers nodes 0 and 1 (d=0.1), not 2 (d=0.269).
     obs, rew, term, _, _ = env.step(torch.tensor([0, 1]), torch.tensor([0.25, 0.25]))
     torch.testing.assert_close(rew, torch.tensor([-0.5 * 0.15**2, 0.3 - 0.5 * 0.15**2]))
-    assert obs.action_mask[0].tolist() == [False, True, True, True, True]
+    assert obs.action_mask[:5].tolist() == [False, True, True, True, True]
     assert env.site_radius[0, 0].item() == pytest.approx(0.2)  # union of concentric discs
     assert not term.any()
 
@@ -149,7 +159,7 @@ def test_dynamics_hand_computed():
     torch.testing.assert_close(rew, torch.tensor([0.4 - 0.5 * 0.09, 0.3 - 0.5 * 0.01]))
     assert term.tolist() == [True, True] and not trunc.any()
     assert env.covered[1].all() and not env.covered[0, 2]
-    assert obs.node_features[:, :, 5].eq(0.0).all()
+    assert nodes(obs)[:, :, 5].eq(0.0).all()
     expected_returns = torch.tensor([0.28 - 0.01125 + 0.355, 0.395 + 0.28875 + 0.295])
     torch.testing.assert_close(info["episode_return"], expected_returns)
     assert info["episode_length"].tolist() == [3, 3]
@@ -202,16 +212,16 @@ def test_autoreset_final_obs_and_episode_return():
     assert info["episode_length"].tolist() == [3] * 6
     final = info["final_obs"]
     # final_obs: the pre-reset state (3 distinct sites, no steps left, old positions).
-    assert final.node_features[:, :, 2].sum(1).tolist() == [3.0] * 6
-    assert final.node_features[:, :, 5].eq(0).all()
-    assert torch.equal(final.node_features[:, :, 3:5], before_pos)
-    assert torch.equal(final.neighbors, before_nbrs)  # not overwritten by the reset
+    assert nodes(final)[:, :, 2].sum(1).tolist() == [3.0] * 6
+    assert nodes(final)[:, :, 5].eq(0).all()
+    assert torch.equal(nodes(final)[:, :, 3:5], before_pos)
+    assert torch.equal(final.edge_index, knn_edge_index(before_nbrs))  # not overwritten by the reset
     # Returned obs: fresh episodes.
-    assert obs.node_features[:, :, 1:3].eq(0).all() and obs.action_mask.all()
-    assert obs.node_features[:, :, 5].eq(1).all()
+    assert nodes(obs)[:, :, 1:3].eq(0).all() and obs.action_mask.all()
+    assert nodes(obs)[:, :, 5].eq(1).all()
     assert not torch.equal(env.pos, before_pos)
     assert env.t.eq(0).all() and env.episode_return.eq(0).all()
-    torch.testing.assert_close(obs.node_features[:, :, 3:5], env.pos)
+    torch.testing.assert_close(nodes(obs)[:, :, 3:5], env.pos)
 
 
 def test_autoreset_with_truncation_partial_batch():
@@ -219,7 +229,7 @@ def test_autoreset_with_truncation_partial_batch():
     before = env.pos.clone()
     _, _, term, trunc, info = env.step(torch.zeros(4, dtype=torch.long), torch.zeros(4))
     assert (term | trunc).all() and trunc[~term].all()
-    assert info["final_obs"].node_features[:, :, 5].eq(2 / 3).all()  # steps left before the reset
+    assert nodes(info["final_obs"])[:, :, 5].eq(2 / 3).all()  # steps left before the reset
     assert not torch.equal(env.pos, before)
 
 
@@ -395,12 +405,12 @@ def test_run_episodes_respects_time_limit():
 def test_sizes(num_nodes):
     env = CoverageEnv(num_envs=2, num_nodes=num_nodes, num_sites=3, seed=1)
     obs = env.reset()
-    assert obs.node_features.shape == (2, num_nodes, 6) and obs.neighbors.shape == (2, num_nodes, 8)
+    assert nodes(obs).shape == (2, num_nodes, 6) and obs.edge_index.shape == (2, 2 * num_nodes * 8)
     node, radius = greedy_action(env)
     assert env.action_mask[torch.arange(2), node].all()
     obs, rew, *_ = env.step(node, radius)
     assert obs.image.shape == (2, 3, 32, 32) and torch.isfinite(rew).all()
-    assert obs.node_features[:, :, 2].sum().item() == 2
+    assert nodes(obs)[:, :, 2].sum().item() == 2
 
 
 # --------------------------------------------------------------------------- gymnasium
@@ -416,7 +426,11 @@ def test_gymnasium_make_and_check_env():
     obs, info = env.reset(seed=3)
     assert env.observation_space.contains(obs)
     obs2, _ = env.reset(seed=3)
-    assert all(np.array_equal(obs[k], obs2[k]) for k in obs)
+    assert all(np.array_equal(obs[k], obs2[k]) for k in obs if k != "graph")
+    assert np.array_equal(obs["graph"].nodes, obs2["graph"].nodes)
+    assert np.array_equal(obs["graph"].edge_links, obs2["graph"].edge_links)
+    refs = env.unwrapped.reference_returns()
+    assert set(refs) == {"greedy", "random"} and refs["greedy"] > refs["random"]
     total, terminated, steps = 0.0, False, 0
     while not terminated:
         action = {"node": int(np.argmax(obs["action_mask"])), "radius": np.array([0.5], dtype=np.float32)}
@@ -432,6 +446,7 @@ def test_gymnasium_make_and_check_env():
 def test_gym_fixed_instance_option():
     env = CoverageGymEnv(num_nodes=5, num_sites=2, knn_k=2, r_min=0.1, r_max=0.3, cost=0.5)
     obs, _ = env.reset(seed=0, options={"instance": (HAND_POS.numpy(), HAND_DEMAND.numpy())})
-    np.testing.assert_allclose(obs["node_features"][:, 3:5], HAND_POS.numpy())
+    np.testing.assert_allclose(obs["graph"].nodes[:, 3:5], HAND_POS.numpy())
+    np.testing.assert_allclose(obs["positions"], HAND_POS.numpy())
     _, reward, *_ = env.step({"node": 0, "radius": np.array([0.5], dtype=np.float32)})
     assert reward == pytest.approx(0.28, abs=1e-6)

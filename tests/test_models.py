@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import coverage_specs
+from wsa_lab.contract import GraphBatch
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError, WeightsNotFoundError
 from wsa_lab.models import (
@@ -40,7 +42,7 @@ def obs():
 def wsa_agent(fusion: str = "wsa", ptms=SEED_PTMS, **kwargs):
     torch.manual_seed(0)
     wsa = {"enabled": True, "fusion": fusion, "pretrained_models": ptms, "attention": {"hidden_dim": 32, "dropout": 0.1}}
-    return build_actor_critic(node_feature_dim=6, image_size=32, wsa=wsa, **kwargs)
+    return build_actor_critic(*coverage_specs(), wsa=wsa, **kwargs)
 
 
 def test_attention_weights_sum_to_one_and_fuse_features():
@@ -89,13 +91,13 @@ def test_frozen_backbone_keeps_batchnorm_in_eval_mode(obs):
 def test_fusion_modes(obs, fusion, expected_dim):
     agent = wsa_agent(fusion=fusion, feature_dim=16)
     agent.eval()
-    fused = agent.actor.extractor(StateInputs.from_obs(obs), torch.zeros(obs.batch_size, 64))
-    assert fused.fused.shape == (obs.batch_size, expected_dim)
-    assert fused.features.shape == (obs.batch_size, 3, 16)
+    fused = agent.actor.extractor(StateInputs.from_batch(obs), torch.zeros(obs.num_graphs, 64))
+    assert fused.fused.shape == (obs.num_graphs, expected_dim)
+    assert fused.features.shape == (obs.num_graphs, 3, 16)
     if fusion == "concat":
         assert fused.weights is None
     else:
-        torch.testing.assert_close(fused.weights.sum(-1), torch.ones(obs.batch_size))
+        torch.testing.assert_close(fused.weights.sum(-1), torch.ones(obs.num_graphs))
     if fusion == "mean":
         torch.testing.assert_close(fused.fused, fused.features.mean(1))
 
@@ -103,7 +105,7 @@ def test_fusion_modes(obs, fusion, expected_dim):
 def test_standard_actor_gradients_reach_gnn_through_frozen_cnn(obs):
     torch.manual_seed(0)
     agent = build_actor_critic(
-        node_feature_dim=6, image_size=32, wsa={"enabled": False},
+        *coverage_specs(), wsa={"enabled": False},
         standard={"model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},
     )
     out = agent.get_action_and_value(obs)
@@ -115,35 +117,70 @@ def test_standard_actor_gradients_reach_gnn_through_frozen_cnn(obs):
 
 
 def test_rasterise_nodes_averages_by_cell():
-    values = torch.tensor([[[1.0], [3.0], [5.0]]])
-    positions = torch.tensor([[[0.1, 0.1], [0.2, 0.2], [0.9, 0.6]]])  # first two share cell (0, 0) at 4x4
-    grid = rasterise_nodes(values, positions, 4)
-    assert grid.shape == (1, 1, 4, 4)
+    values = torch.tensor([[1.0], [3.0], [5.0], [7.0]])
+    positions = torch.tensor([[0.1, 0.1], [0.2, 0.2], [0.9, 0.6], [0.5, 0.5]])  # first two share cell (0, 0) at 4x4
+    batch = torch.tensor([0, 0, 0, 1])  # graph 0 has 3 nodes, graph 1 one node
+    grid = rasterise_nodes(values, positions, batch, 2, 4)
+    assert grid.shape == (2, 1, 4, 4)
     assert grid[0, 0, 0, 0] == 2.0  # mean of 1 and 3
     assert grid[0, 0, 2, 3] == 5.0  # row from y=0.6, column from x=0.9
-    assert grid.sum() == 7.0
+    assert grid[0].sum() == 7.0 and grid[1].sum() == 7.0 and grid[1, 0, 2, 2] == 7.0
 
 
-def test_hybrid_head_masks_and_joint_log_prob():
+def test_hybrid_head_per_graph_softmax_masks_and_joint_log_prob():
+    """Graphs of 2, 5 and 3 nodes in one flat batch; a 2-d continuous part; log-probs by hand."""
     torch.manual_seed(0)
-    head = HybridActionHead(node_dim=4, global_dim=3, hidden_dim=8)
-    node_emb, glob = torch.randn(64, 6, 4), torch.randn(64, 3)
-    mask = torch.ones(64, 6, dtype=torch.bool)
-    mask[:, :4] = False
-    out = head(node_emb, glob, mask)
-    assert set(out.action.node.tolist()) <= {4, 5}  # masked nodes are never chosen
-    again = head(node_emb, glob, mask, action=out.action)
+    head = HybridActionHead(node_dim=4, global_dim=3, hidden_dim=8, init_log_std=-1.0, continuous_dim=2)
+    sizes = [2, 5, 3]
+    ptr = torch.tensor([0, 2, 7, 10])
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor(sizes))
+    node_emb, glob = torch.randn(10, 4), torch.randn(3, 3)
+    mask = torch.ones(10, dtype=torch.bool)
+    mask[[2, 3, 4]] = False  # graph 1 may only choose its local nodes 3 and 4
+    for _ in range(20):
+        out = head(node_emb, glob, mask, batch, ptr)
+        assert out.action.node[1].item() in (3, 4)  # masked nodes are never chosen
+        assert (out.action.node < torch.tensor(sizes)).all()  # nor nodes of another graph
+    again = head(node_emb, glob, mask, batch, ptr, action=out.action)
     torch.testing.assert_close(again.log_prob, out.log_prob)
-    # joint log-prob = categorical + Gaussian, recomputed by hand for one sample
-    pairs = torch.cat([node_emb, glob.unsqueeze(1).expand(-1, 6, -1)], -1)
-    logits = head.node_logits(pairs).squeeze(-1).masked_fill(~mask, -1e8)
-    n0, r0 = out.action.node[0], out.action.radius[0]
-    mean = torch.sigmoid(head.radius_mean(pairs[0, n0])).squeeze()
+    # by hand, graph by graph: softmax over the graph's own nodes + diagonal Gaussian of the chosen node
     std = head.log_std.exp()
-    expected = torch.log_softmax(logits[0], -1)[n0] - 0.5 * ((r0 - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)
-    torch.testing.assert_close(out.log_prob[0], expected)
-    det = head(node_emb, glob, mask, deterministic=True)
-    assert (det.action.node == logits.argmax(-1)).all()
+    for g, (lo, hi) in enumerate(zip(ptr[:-1].tolist(), ptr[1:].tolist())):
+        pairs = torch.cat([node_emb[lo:hi], glob[g].expand(hi - lo, -1)], -1)
+        logits = head.node_logits(pairs).squeeze(-1).masked_fill(~mask[lo:hi], -1e8)
+        n, c = out.action.node[g], out.action.continuous[g]
+        mean = torch.sigmoid(head.continuous_mean(pairs[n]))
+        gauss = (-0.5 * ((c - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum()
+        torch.testing.assert_close(out.log_prob[g], torch.log_softmax(logits, -1)[n] + gauss)
+        p = torch.softmax(logits, -1)
+        expected_entropy = -(p * torch.log_softmax(logits, -1)).sum() + (0.5 + 0.5 * math.log(2 * math.pi) + std.log()).sum()
+        torch.testing.assert_close(out.entropy[g], expected_entropy)
+        det = head(node_emb, glob, mask, batch, ptr, deterministic=True)
+        assert det.action.node[g] == logits.argmax()
+        torch.testing.assert_close(det.action.continuous[g], torch.sigmoid(head.continuous_mean(pairs[logits.argmax()])))
+
+
+def test_hybrid_head_without_continuous_part():
+    head = HybridActionHead(node_dim=4, global_dim=3, hidden_dim=8, init_log_std=-1.0, continuous_dim=0)
+    ptr, batch = torch.tensor([0, 3, 4]), torch.tensor([0, 0, 0, 1])
+    out = head(torch.randn(4, 4), torch.randn(2, 3), torch.ones(4, dtype=torch.bool), batch, ptr)
+    assert out.action.continuous.shape == (2, 0) and out.action.node[1] == 0  # a one-node graph
+    assert torch.isclose(out.log_prob[1], torch.tensor(0.0)) and torch.isclose(out.entropy[1], torch.tensor(0.0))
+    assert not any(n.startswith("continuous") or n == "log_std" for n, _ in head.named_parameters())
+
+
+def test_sampled_nodes_follow_the_per_graph_softmax():
+    """Gumbel-max sampling per graph: empirical frequencies match the softmax of the graph's own nodes."""
+    torch.manual_seed(0)
+    head = HybridActionHead(node_dim=2, global_dim=1, hidden_dim=4, init_log_std=-1.0, continuous_dim=0)
+    ptr, batch = torch.tensor([0, 3, 5]), torch.tensor([0, 0, 0, 1, 1])
+    emb, glob, mask = torch.randn(5, 2) * 3, torch.zeros(2, 1), torch.ones(5, dtype=torch.bool)
+    with torch.no_grad():
+        probs = torch.softmax(head.node_logits(torch.cat([emb, glob[batch]], -1)).squeeze(-1)[:3], -1)
+        counts = torch.zeros(3)
+        for _ in range(4000):
+            counts[head(emb, glob, mask, batch, ptr).action.node[0]] += 1
+    torch.testing.assert_close(counts / 4000, probs, atol=0.03, rtol=0)
 
 
 def test_imagenet_weights_load_from_the_hub_cache(fake_torch_home: Path):
@@ -203,7 +240,7 @@ def test_gradient_checkpointing_gives_identical_gradients(obs):
         torch.manual_seed(0)
         ptm = PreTrainedModelWrapper(spec, feature_dim=8, node_feature_dim=6, checkpoint_min_nodes=min_nodes)
         ptm.eval()  # BatchNorm running stats would otherwise update twice under recomputation
-        ptm(StateInputs.from_obs(obs)).sum().backward()
+        ptm(StateInputs.from_batch(obs)).sum().backward()
         grads.append(ptm.backbone.conv1.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1])
 
@@ -219,7 +256,7 @@ def test_evaluate_and_update_paths_agree_on_log_prob(obs):
     agent.eval()
     with torch.no_grad():
         first = agent.get_action_and_value(obs)
-        again = agent.get_action_and_value(obs, HybridAction(first.action.node, first.action.radius))
+        again = agent.get_action_and_value(obs, HybridAction(first.action.node, first.action.continuous))
     torch.testing.assert_close(again.log_prob, first.log_prob)
     torch.testing.assert_close(again.value, first.value)
 
@@ -227,7 +264,7 @@ def test_evaluate_and_update_paths_agree_on_log_prob(obs):
 def test_actors_handle_2000_node_graphs_with_checkpointing():
     env = CoverageEnv(num_envs=2, num_nodes=2000, num_sites=5, image_size=32, seed=0)
     big = env.reset()
-    for agent in (wsa_agent(), build_actor_critic(node_feature_dim=6, image_size=32, wsa={"enabled": False})):
+    for agent in (wsa_agent(), build_actor_critic(*coverage_specs(), wsa={"enabled": False})):
         assert agent.actor.encoder.out_dim > 0
         out = agent.get_action_and_value(big)  # 2000 > checkpoint_min_nodes: CNN bodies are checkpointed
         (out.log_prob.sum() + out.value.sum()).backward()
@@ -239,9 +276,9 @@ def test_standard_actor_checkpointing_gives_identical_gradients(obs):
     grads = []
     for min_nodes in (10_000, 0):
         torch.manual_seed(0)
-        agent = build_actor_critic(node_feature_dim=6, image_size=32, checkpoint_min_nodes=min_nodes, wsa={"enabled": False})
+        agent = build_actor_critic(*coverage_specs(), checkpoint_min_nodes=min_nodes, wsa={"enabled": False})
         agent.train()
-        out = agent.get_action_and_value(obs, HybridAction(torch.zeros(obs.batch_size, dtype=torch.long), torch.zeros(obs.batch_size)))
+        out = agent.get_action_and_value(obs, HybridAction(torch.zeros(obs.num_graphs, dtype=torch.long), torch.zeros(obs.num_graphs, 1)))
         (out.log_prob.sum() + out.value.sum()).backward()
         grads.append({n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and "actor.cnn.layer4.1.conv2.weight" in grads[0]
@@ -256,7 +293,7 @@ def test_gcn_stack_matches_pyg_gcnconv(obs):
     from wsa_lab.models.encoders import GCNStack
 
     torch.manual_seed(0)
-    inputs = StateInputs.from_obs(obs)
+    inputs = StateInputs.from_batch(obs)
     stack = GCNStack(6, 8, num_layers=2)
     reference = [GCNConv(8, 8) for _ in range(2)]
     for ref, conv in zip(reference, stack.convs):
@@ -268,9 +305,12 @@ def test_gcn_stack_matches_pyg_gcnconv(obs):
     torch.testing.assert_close(stack(inputs.x, inputs.edge_index), h)  # edge list in: adjacency built inside
 
 
-def test_knn_adjacency_equals_the_generic_one(obs):
-    from wsa_lab.models.encoders import gcn_adjacency, knn_gcn_adjacency
+def test_regular_adjacency_equals_the_generic_one(obs):
+    from wsa_lab.models.encoders import gcn_adjacency, regular_gcn_adjacency
 
-    direct = knn_gcn_adjacency(obs.neighbors)
-    generic = gcn_adjacency(obs.edge_index(), obs.batch_size * obs.num_nodes)
+    direct = regular_gcn_adjacency(obs.edge_index, obs.num_nodes, obs.in_degree)
+    generic = gcn_adjacency(obs.edge_index, obs.num_nodes)
     torch.testing.assert_close(direct.to_dense(), generic.to_dense(), rtol=0, atol=0)
+    # a batch without in_degree takes the generic path and gets the same matrix
+    plain = StateInputs.from_batch(GraphBatch(**{**obs.state_dict(), "in_degree": None}))
+    torch.testing.assert_close(plain.adj_t.to_dense(), generic.to_dense(), rtol=0, atol=0)

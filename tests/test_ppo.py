@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import coverage_specs
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError
 from wsa_lab.models import build_actor_critic
@@ -24,7 +25,7 @@ def test_gae_matches_hand_computation():
 def small_agent():
     torch.manual_seed(0)
     ptms = [{"name": "g", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
-    return build_actor_critic(node_feature_dim=6, image_size=16, wsa={"enabled": True, "pretrained_models": ptms})
+    return build_actor_critic(*coverage_specs(image_size=16), wsa={"enabled": True, "pretrained_models": ptms})
 
 
 @pytest.mark.parametrize("max_episode_steps", [None, 2])

@@ -197,7 +197,7 @@ def test_env_state_round_trip_continues_the_same_episodes():
         actions = act(a)
         (obs_a, r_a, term_a, _, _), (obs_b, r_b, term_b, _, _) = a.step(*actions), b.step(*actions)
         assert torch.equal(r_a, r_b) and torch.equal(term_a, term_b)
-        assert torch.equal(obs_a.image, obs_b.image) and torch.equal(obs_a.node_features, obs_b.node_features)
+        assert torch.equal(obs_a.image, obs_b.image) and torch.equal(obs_a.x, obs_b.x)
 
 
 def test_checkpoint_files(tmp_path: Path):

@@ -34,8 +34,9 @@ def main(cfg: DictConfig) -> float:
             raise  # in a sweep, let the launcher record this job as failed and go on with the others
         print(f"wsa_lab: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    log.info("done: eval/greedy_ratio=%.3f in %s", summary["eval/greedy_ratio"], HydraConfig.get().runtime.output_dir)
-    return summary["eval/greedy_ratio"]  # the objective a Hydra sweeper would optimise
+    metric = summary["metric"]  # evaluation.metric: eval/greedy_ratio on the coverage env
+    log.info("done: %s=%.3f in %s", metric, summary[metric], HydraConfig.get().runtime.output_dir)
+    return summary[metric]  # the objective a Hydra sweeper would optimise
 
 
 def entry() -> None:

@@ -6,12 +6,12 @@ import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError
 from wsa_lab.models import build_actor_critic
 from wsa_lab.rl.config import PPOConfig
@@ -53,9 +53,9 @@ register_resolvers()
 @dataclass
 class EvaluationConfig:
     interval: int = 4  # evaluate every N PPO iterations (and after the last)
-    num_instances: int = 32  # held-out instances, the same for every run (fixed seed)
-    seed: int = 12345  # seed of the held-out instance set (not the run's seed)
-    radius_grid: int = 11  # radii tried by the greedy reference policy
+    num_instances: int = 32  # held-out episodes, the same for every run (fixed seed)
+    seed: int = 12345  # seed of the held-out episode set (not the run's seed)
+    metric: Optional[str] = None  # headline metric; null = eval/<first reference>_ratio, or eval/return
 
 
 @dataclass
@@ -136,28 +136,26 @@ def validate(cfg: DictConfig) -> RunSettings:
             "both ptm=[...] and actor_critic.wsa.pretrained_models are set; use one: ptm=[] with an explicit "
             "pretrained_models list, or remove the list"
         )
-    check_kwargs(CoverageEnv, cfg.env, "env", ("num_envs", "seed", "device", "autoreset"))
-    check_kwargs(build_actor_critic, cfg.actor_critic, "actor_critic", ("node_feature_dim", "image_size"))
-    _check_image_size(cfg)
+    check_kwargs(env_target(cfg.env), cfg.env, "env", ENV_KWARGS_SET_BY_WSA_LAB)
+    check_kwargs(build_actor_critic, cfg.actor_critic, "actor_critic", ("observation_spec", "action_spec"))
     _check_output_dir(Path(cfg.paths.output_dir))
     return settings
 
 
-MIN_RESNET_IMAGE = 32  # ResNets downsample 32x: below this the last stages see 1x1 padding, not the image
+#: Env constructor arguments wsa_lab passes itself (from algo.num_envs, seed, device); `autoreset` is the
+#: built-in coverage env's switch that evaluation code sets.
+ENV_KWARGS_SET_BY_WSA_LAB = ("num_envs", "seed", "device", "autoreset")
 
 
-def _check_image_size(cfg: DictConfig) -> None:
-    wsa = cfg.actor_critic.wsa
-    if wsa.get("enabled", True):
-        resnets = [p["model_type"] for p in wsa.pretrained_models if str(p.get("model_type", "")).startswith("resnet")]
-    else:
-        resnets = [cfg.actor_critic.standard.model_type]
-    size = cfg.env.image_size
-    if resnets and isinstance(size, int) and size < MIN_RESNET_IMAGE:
-        raise ConfigError(
-            f"env.image_size={size} is too small for {resnets[0]} (ResNets downsample 32x); "
-            f"use env.image_size>={MIN_RESNET_IMAGE} or only graph_cnn PTMs"
-        )
+def env_target(node: DictConfig) -> Callable[..., Any]:
+    """The callable named by `env._target_` (a VectorGraphEnv class), or a one-line ConfigError."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        raise ConfigError("env: no _target_; choose an env config (env=coverage, env=gym env.id=...) or set env._target_")
+    try:
+        return get_object(str(target))
+    except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, ...: all mean "cannot find it"
+        raise ConfigError(f"env._target_={target!r} cannot be imported ({type(exc).__name__}: {exc})") from exc
 
 
 def _check_output_dir(out: Path) -> None:

@@ -15,3 +15,11 @@ class WeightsNotFoundError(WsaLabError):
 
 class TrainingDivergedError(WsaLabError):
     """A loss, gradient or parameter became NaN/Inf; training stops before the bad step is saved."""
+
+
+class EnvContractError(ConfigError):
+    """An env's observation or action space does not fit the graph env contract (checked at start-up)."""
+
+
+class EnvError(WsaLabError):
+    """A user's env misbehaved while training (raised, returned NaN, or an observation outside its space)."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from wsa_lab.checkpoint import LAST, PREVIOUS, load_latest, save_rotating
 from wsa_lab.config import validate
-from wsa_lab.envs import CoverageEnv
+from wsa_lab.contract import VectorGraphEnv, specs
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.models import ActorCritic
 from wsa_lab.resume import StopSignals, config_differences, config_snapshot, truncate_metrics
@@ -49,17 +49,22 @@ def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
         raise
 
 
-def make_env(cfg: DictConfig, **kwargs: Any) -> CoverageEnv:
-    """The environment of `cfg.env`; `num_envs`, `seed`, `device`, `autoreset` come from the caller."""
+def make_env(cfg: DictConfig, **kwargs: Any) -> VectorGraphEnv:
+    """The vector env of `cfg.env` (any :class:`~wsa_lab.contract.VectorGraphEnv`); `num_envs`, `seed`, `device`
+    come from the caller."""
     return _instantiate(cfg.env, "env", **kwargs)
 
 
-def make_agent(cfg: DictConfig, env: CoverageEnv) -> ActorCritic:
-    """The actor-critic of `cfg.actor_critic`, sized for `env`'s observations."""
-    return _instantiate(
-        cfg.actor_critic, "actor_critic",
-        node_feature_dim=env.node_feature_dim, image_size=env.image_size, _convert_="all",
-    )
+def make_agent(cfg: DictConfig, env: VectorGraphEnv) -> ActorCritic:
+    """The actor-critic of `cfg.actor_critic`, sized from `env`'s spaces (checked against the contract here)."""
+    observation, action = specs(env)
+    build = _instantiate(cfg.actor_critic, "actor_critic", _partial_=True, _convert_="all")
+    try:
+        return build(observation_spec=observation, action_spec=action)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, WsaLabError):
+            raise
+        raise ConfigError(f"actor_critic: {exc}") from exc
 
 
 def _count_params(module: torch.nn.Module) -> tuple[int, int]:
@@ -80,7 +85,7 @@ def _start_over(run_dir: Path, drop_checkpoints: bool) -> None:
             path.unlink()
 
 
-def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: CoverageEnv, snapshot: dict[str, Any]) -> dict[str, Any] | None:
+def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: VectorGraphEnv, snapshot: dict[str, Any]) -> dict[str, Any] | None:
     """Continue from the run folder's newest usable checkpoint; return its history, or None for a fresh start."""
     if not cfg.get("resume", True):
         _start_over(run_dir, drop_checkpoints=True)
@@ -98,7 +103,11 @@ def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: CoverageEnv, snapsho
             "start over there, or choose another hydra.run.dir"
         )
     ppo.load_state_dict(state)
-    env.load_state_dict(state["env"])
+    restored = hasattr(env, "load_state_dict") and env.load_state_dict(state["env"]) is not False
+    if not restored:  # the env cannot restore its episodes in flight: they restart, from seeds the step fixes
+        log.warning("env %s keeps no state: the episodes in flight at the checkpoint restart", type(env).__name__)
+        ppo.next_obs = env.reset(seed=(cfg.seed + 1_000_003 * ppo.global_step) % 2**31)
+        ppo.next_done.zero_()
     set_rng_state(state["rng"])
     dropped = truncate_metrics(run_dir / "metrics.jsonl", ppo.global_step)
     log.info(
@@ -110,8 +119,29 @@ def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: CoverageEnv, snapsho
     return history
 
 
+def env_name(cfg: DictConfig) -> str:
+    """What the run trained on: the Gymnasium id, else the env class."""
+    return str(cfg.env.get("id") or str(cfg.env.get("_target_", "?")).rsplit(".", 1)[-1])
+
+
+def _fmt(value: float | None) -> str:
+    """A progress-bar number: `-` until there is one (e.g. before the first evaluation)."""
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one run (or resume it from its folder's checkpoint); return its summary."""
+    envs: list[Any] = []  # closed at the end (async Gymnasium envs hold worker processes)
+    try:
+        return _train(cfg, envs)
+    finally:
+        for env in envs:
+            close = getattr(env, "close", None)
+            if close is not None:
+                close()
+
+
+def _train(cfg: DictConfig, envs: list[Any]) -> dict[str, Any]:
     settings = validate(cfg)
     algo, eval_cfg, ckpt_cfg = settings.algo, settings.evaluation, settings.checkpoint
     run_dir = Path(cfg.paths.output_dir)
@@ -122,14 +152,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     deterministic_kernels(device, settings.deterministic)
     seed_everything(cfg.seed)
     env = make_env(cfg, num_envs=algo.num_envs, seed=cfg.seed, device=device)
+    envs.append(env)
     agent = make_agent(cfg, env).to(device)
-    eval_env = make_env(cfg, num_envs=eval_cfg.num_instances, seed=eval_cfg.seed, device=device, autoreset=False)
-    evaluator = Evaluator(eval_env, eval_cfg.seed, eval_cfg.radius_grid)
+    eval_env = make_env(cfg, num_envs=eval_cfg.num_instances, seed=eval_cfg.seed, device=device)
+    envs.append(eval_env)
+    evaluator = Evaluator(eval_env, eval_cfg.seed, eval_cfg.metric)
+    metric = evaluator.metric
+    best_key = "best_" + metric.removeprefix("eval/")
     wsa_logging = cfg.actor_critic.wsa.get("logging", {}) if agent.uses_wsa else {}
     ppo = PPO(
         agent, env, algo,
         log_attention=wsa_logging.get("log_attention_weights", True),
         log_features=wsa_logging.get("log_features", True),
+        reset_seed=cfg.seed,
     )
     total, trainable = _count_params(agent)
     summary: dict[str, Any] = {
@@ -139,6 +174,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "wsa_enabled": agent.uses_wsa,
         "fusion": cfg.actor_critic.wsa.fusion if agent.uses_wsa else None,
         "ptm_names": agent.ptm_names,
+        "env": env_name(cfg),
+        "metric": metric,
         "ptm_count": len(agent.ptm_names),
         "params_total": total,
         "params_trainable": trainable,
@@ -148,7 +185,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **evaluator.reference,
     }
     # evaluation history and time spent, carried across restarts by the checkpoint
-    history: dict[str, Any] = {"best_greedy_ratio": -math.inf, "last_eval": {}, "wall_time_s": 0.0, "resumed_from_steps": []}
+    history: dict[str, Any] = {"best": -math.inf, "last_eval": {}, "wall_time_s": 0.0, "resumed_from_steps": []}
     resumed = _restore(cfg, run_dir, ppo, env, snapshot)
     if resumed is not None:
         history.update(resumed)
@@ -160,7 +197,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         history["wall_time_s"] = resumed_time + time.time() - start
         save_rotating(
             {
-                **ppo.state_dict(), "env": env.state_dict(), "rng": rng_state(),
+                **ppo.state_dict(), "env": env.state_dict() if hasattr(env, "state_dict") else {}, "rng": rng_state(),
                 "history": history, "config": snapshot,
             },
             run_dir / "checkpoints",
@@ -184,8 +221,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     last = ppo.iteration == algo.num_iterations
                     if ppo.iteration % eval_cfg.interval == 0 or last:
                         history["last_eval"] = evaluator.evaluate(agent)
-                        ratio = history["last_eval"]["eval/greedy_ratio"]
-                        history["best_greedy_ratio"] = max(history["best_greedy_ratio"], ratio)
+                        value = history["last_eval"][metric]
+                        if math.isfinite(value):
+                            history["best"] = max(history["best"], value)
                         metrics.update(history["last_eval"])
                     tracker.log(metrics, step=ppo.global_step)
                     if ppo.last_attention is not None:
@@ -194,11 +232,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     if ppo.iteration % ckpt_cfg.interval == 0 or last or stop:
                         checkpoint()
                     bar.update(algo.batch_size)
-                    bar.set_postfix(
-                        ret=f"{metrics.get('charts/episodic_return', float('nan')):.3f}",
-                        greedy_ratio=f"{history['last_eval'].get('eval/greedy_ratio', float('nan')):.3f}",
-                        sps=f"{metrics['charts/SPS']:.0f}",
-                    )
+                    bar.set_postfix({
+                        "ret": _fmt(metrics.get("charts/episodic_return")),
+                        metric.removeprefix("eval/"): _fmt(history["last_eval"].get(metric)),
+                        "sps": f"{metrics['charts/SPS']:.0f}",
+                    })
                     if stop:
                         stopped_on_signal = True
                         signals.stop()  # requeue through submitit's handler, or exit 128 + signal
@@ -214,7 +252,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             global_step=ppo.global_step,
             iterations=ppo.iteration,
             wall_time_s=resumed_time + time.time() - start,
-            best_greedy_ratio=history["best_greedy_ratio"],
+            **{best_key: history["best"]},
             **history["last_eval"],
         )
         tracker.finish(summary)

@@ -1,11 +1,15 @@
-"""Facility-coverage environments on spatial kNN graphs (batched torch + gymnasium)."""
+"""The built-in facility-coverage environment on spatial kNN graphs (batched torch + gymnasium).
+
+It is one implementation of the graph env contract (`wsa_lab.contract`); nothing outside `envs/`, `evaluate`'s
+coverage suites and the bench depends on it.
+"""
 
 import gymnasium
 
-from .coverage import CoverageEnv
+from .coverage import REFERENCE_NAMES, CoverageEnv, coverage_spaces
 from .gym_env import CoverageGymEnv
 from .instances import generate_instances, knn_neighbors
-from .observation import NODE_FEATURE_DIM, NODE_FEATURE_NAMES, CoverageObs
+from .observation import NODE_FEATURE_DIM, NODE_FEATURE_NAMES
 from .policies import greedy_action, greedy_returns, random_action, random_returns, run_episodes
 from .render import render_image
 from .cities import CityInstance, city_instance
@@ -26,10 +30,11 @@ __all__ = [
     "ConditionSpec",
     "CoverageEnv",
     "CoverageGymEnv",
-    "CoverageObs",
+    "REFERENCE_NAMES",
     "PreparedCondition",
     "build_conditions",
     "city_instance",
+    "coverage_spaces",
     "generate_instances",
     "greedy_action",
     "greedy_returns",

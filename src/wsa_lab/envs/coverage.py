@@ -10,15 +10,50 @@ All dynamics are tensor ops over the batch dim B; there is no Python loop over e
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from torch import Tensor
+
+from wsa_lab.contract import GraphBatch
 
 from .geometry import squared_distances, within_radius
 from .instances import generate_instances, knn_neighbors
-from .observation import NODE_FEATURE_DIM, CoverageObs
+from .observation import NODE_FEATURE_DIM, knn_edge_index
 from .render import render_image
+
+#: Coverage's reference policies, the first one is the headline (``eval/greedy_ratio``).
+REFERENCE_NAMES = ("greedy", "random")
+
+
+def coverage_spaces(num_nodes: int, image_size: int) -> tuple[spaces.Dict, spaces.Dict]:
+    """The (observation, action) spaces of one coverage instance, in the graph env contract's form.
+
+    Observation: ``graph`` (node features ``(N, 6)``, one edge per kNN neighbour with its length as edge
+    feature), ``action_mask`` ``MultiBinary(N)``, ``positions`` ``(N, 2)``, ``image`` ``(3, H, W)``.
+    Action: ``node`` ``Discrete(N)`` + ``radius`` ``Box(0, 1, (1,))``.
+    """
+    N = num_nodes
+    # demand * N is at most N (one node holding all demand); other features are in [0, 1].
+    high = np.ones(NODE_FEATURE_DIM, dtype=np.float32)
+    high[0] = float(N)
+    graph = spaces.Graph(
+        node_space=spaces.Box(0.0, high, dtype=np.float32),
+        edge_space=spaces.Box(0.0, math.sqrt(2.0), (1,), dtype=np.float32),
+    )
+    observation = spaces.Dict(
+        {
+            "graph": graph,
+            "action_mask": spaces.MultiBinary(N),
+            "positions": spaces.Box(0.0, 1.0, (N, 2), dtype=np.float32),
+            "image": spaces.Box(0.0, 1.0, (3, image_size, image_size), dtype=np.float32),
+        }
+    )
+    action = spaces.Dict({"node": spaces.Discrete(N), "radius": spaces.Box(0.0, 1.0, (1,), dtype=np.float32)})
+    return observation, action
 
 
 class CoverageEnv:
@@ -42,12 +77,15 @@ class CoverageEnv:
         image_size: side of the rendered observation image.
         max_episode_steps: optional time limit; when ``< K`` an episode reaching it is
             truncated (not terminated).
+        greedy_radius_grid: radii ``linspace(0, 1, R)`` the greedy reference tries per site (the
+            denominator of ``eval/greedy_ratio``).
         autoreset: replace ended envs by fresh instances within the same ``step``.
         device: device of all state tensors.
         seed: seed of the env's own ``torch.Generator`` (instances for ``reset``/autoreset).
     """
 
     node_feature_dim: int = NODE_FEATURE_DIM
+    reference_names: tuple[str, ...] = REFERENCE_NAMES
 
     def __init__(
         self,
@@ -63,6 +101,7 @@ class CoverageEnv:
         cost: float = 1.0,
         image_size: int = 32,
         max_episode_steps: int | None = None,
+        greedy_radius_grid: int = 11,
         autoreset: bool = True,
         device: str | torch.device = "cpu",
         seed: int = 0,
@@ -90,6 +129,8 @@ class CoverageEnv:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be None or >= 1, got {max_episode_steps}")
+        if greedy_radius_grid < 1:
+            raise ValueError(f"greedy_radius_grid must be >= 1, got {greedy_radius_grid}")
 
         self.num_envs = num_envs
         self.num_nodes = num_nodes
@@ -103,6 +144,7 @@ class CoverageEnv:
         self.cost = float(cost)
         self.image_size = image_size
         self.max_episode_steps = max_episode_steps
+        self.greedy_radius_grid = greedy_radius_grid
         self.autoreset = autoreset
         self.device = torch.device(device)
         self.seed = seed
@@ -145,6 +187,15 @@ class CoverageEnv:
         return pos, demand, knn_neighbors(pos, self.knn_k)
 
     @property
+    def single_observation_space(self) -> spaces.Dict:
+        """The observation space of one env of the batch (graph env contract), at the default size."""
+        return coverage_spaces(self._default_num_nodes, self.image_size)[0]
+
+    @property
+    def single_action_space(self) -> spaces.Dict:
+        return coverage_spaces(self._default_num_nodes, self.image_size)[1]
+
+    @property
     def generator(self) -> torch.Generator:
         """The env's own instance generator (its state goes into checkpoints)."""
         return self._generator
@@ -157,7 +208,7 @@ class CoverageEnv:
     # ------------------------------------------------------------------ API
     def reset(
         self, seed: int | None = None, instances: tuple[Tensor, Tensor] | None = None
-    ) -> CoverageObs:
+    ) -> GraphBatch:
         """Start new episodes in every env.
 
         Args:
@@ -200,8 +251,14 @@ class CoverageEnv:
         self._truncated = torch.zeros(B, dtype=torch.bool, device=self.device)
         return self.observe()
 
-    def observe(self) -> CoverageObs:
-        """Observation of the current state (see :class:`CoverageObs` for the fields)."""
+    def observe(self) -> GraphBatch:
+        """Observation of the current state as a :class:`~wsa_lab.contract.GraphBatch` of B graphs.
+
+        Node features per node: ``(demand * N, covered, is_site, x, y, (K - t) / K)`` (``demand * N`` has
+        mean 1 over an instance's nodes); edges: node ``i`` receives one edge from each of its k nearest
+        neighbours (grouped by target, so ``in_degree = k``), edge feature = the neighbour's distance; mask:
+        nodes that are not yet a site; image: demand density, covered demand density, union of coverage discs.
+        """
         B, N = self.num_envs, self.num_nodes
         steps_left = ((self.num_sites - self.t).float() / self.num_sites).view(B, 1).expand(B, N)
         node_features = torch.stack(
@@ -218,16 +275,25 @@ class CoverageEnv:
         image = render_image(
             self.pos, self.demand, self.covered, self.site_radius, self.image_size, self.num_sites
         )
-        return CoverageObs(
-            node_features=node_features,
-            neighbors=self.neighbors,  # shared, never modified in place (see _reset_envs)
-            action_mask=~self.is_site,
+        k = self.neighbors.shape[-1]
+        neighbor_pos = self.pos.gather(1, self.neighbors.reshape(B, N * k, 1).expand(B, N * k, 2)).view(B, N, k, 2)
+        edge_length = (neighbor_pos - self.pos.unsqueeze(2)).norm(dim=-1)  # [B, N, k]
+        device = self.device
+        return GraphBatch(
+            x=node_features.reshape(B * N, NODE_FEATURE_DIM),
+            edge_index=knn_edge_index(self.neighbors),
+            ptr=torch.arange(0, B * N + 1, N, device=device),
+            edge_ptr=torch.arange(0, B * N * k + 1, N * k, device=device),
+            action_mask=(~self.is_site).reshape(B * N),
+            edge_attr=edge_length.reshape(B * N * k, 1),
+            positions=self.pos.reshape(B * N, 2),
             image=image,
+            in_degree=k,
         )
 
     def step(
         self, node: Tensor, radius: Tensor
-    ) -> tuple[CoverageObs, Tensor, Tensor, Tensor, dict[str, Any]]:
+    ) -> tuple[GraphBatch, Tensor, Tensor, Tensor, dict[str, Any]]:
         """Open one site per env.
 
         Args:
@@ -242,7 +308,7 @@ class CoverageEnv:
             With ``autoreset=False``, ended envs get reward 0 and keep their flags.
 
         Shapes:
-            - input: ``node`` ``[B]`` long, ``radius`` ``[B]``
+            - input: ``node`` ``[B]`` long, ``radius`` ``[B]`` or ``[B, 1]``
             - output: reward ``[B]`` float32, terminated/truncated ``[B]`` bool,
               info tensors ``[B]``
         """
@@ -316,6 +382,27 @@ class CoverageEnv:
         # This step's outputs hold copies of the flags; the new episodes start clean.
         self._terminated &= ~mask
         self._truncated &= ~mask
+
+    # ------------------------------------------------------------------ references
+    def reference_returns(self) -> dict[str, Tensor]:
+        """Episode returns of the reference policies on the current instances, from their start.
+
+        Played on a copy (this env's episodes are untouched): ``greedy`` (one-step greedy over the unmasked
+        sites x ``greedy_radius_grid`` radii) and ``random`` (uniform node and radius, seeded with the env's
+        seed). Shapes: ``{name: [B]}``.
+        """
+        from .policies import greedy_returns, random_returns  # policies import this module
+
+        instances = (self.pos.clone(), self.demand.clone())
+        copy = CoverageEnv(
+            num_envs=self.num_envs, num_nodes=self.num_nodes, num_sites=self.num_sites, knn_k=self.knn_k,
+            r_min=self.r_min, r_max=self.r_max, cost=self.cost, image_size=self.image_size,
+            max_episode_steps=self.max_episode_steps, autoreset=False, device=self.device, seed=self.seed,
+        )
+        return {
+            "greedy": greedy_returns(copy, instances, self.greedy_radius_grid),
+            "random": random_returns(copy, instances, self.seed),
+        }
 
     # ------------------------------------------------------------------ checkpointing
     _STATE_TENSORS = (

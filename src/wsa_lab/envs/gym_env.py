@@ -10,16 +10,19 @@ import torch
 from gymnasium import spaces
 from gymnasium.utils import seeding
 
-from .coverage import CoverageEnv
-from .observation import NODE_FEATURE_DIM, CoverageObs
+from wsa_lab.contract import GraphBatch
+
+from .coverage import REFERENCE_NAMES, CoverageEnv, coverage_spaces
 
 
 class CoverageGymEnv(gymnasium.Env):
-    """Gymnasium view of one coverage instance (``CoverageEnv(num_envs=1, autoreset=False)``).
+    """Gymnasium view of one coverage instance (``CoverageEnv(num_envs=1, autoreset=False)``), in the graph env
+    contract's form (``env=gym env.id=wsa_lab/Coverage-v0`` trains on it through gymnasium's vector envs).
 
-    Observation (numpy, one instance): ``node_features`` ``(N, 6)`` float32, ``neighbors``
-    ``(N, k)`` int64, ``action_mask`` ``(N,)`` int8 (1 = allowed), ``image`` ``(3, H, W)``
-    float32. Action: ``{"node": int, "radius": (1,) float32 in [0, 1]}``.
+    Observation (numpy, one instance): ``graph`` a ``GraphInstance`` (node features ``(N, 6)``, one edge per
+    kNN neighbour ``[neighbour, node]`` with its length), ``action_mask`` ``(N,)`` int8 (1 = allowed),
+    ``positions`` ``(N, 2)``, ``image`` ``(3, H, W)`` float32. Action: ``{"node": int, "radius": (1,) float32
+    in [0, 1]}``. ``reference_returns()``: the greedy and random references of the current instance.
 
     Seeding follows gymnasium: ``reset(seed=s)`` reseeds ``self.np_random`` and every reset
     draws the torch seed of its instance from it. The constructor's ``seed`` seeds
@@ -46,6 +49,7 @@ class CoverageGymEnv(gymnasium.Env):
         image_size: int = 32,
         max_episode_steps: int | None = None,
         seed: int = 0,
+        greedy_radius_grid: int = 11,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -64,38 +68,36 @@ class CoverageGymEnv(gymnasium.Env):
             cost=cost,
             image_size=image_size,
             max_episode_steps=max_episode_steps,
+            greedy_radius_grid=greedy_radius_grid,
             autoreset=False,
             device="cpu",
             seed=seed,
         )
         self._np_random, self._np_random_seed = seeding.np_random(seed)
 
-        N, k, H = num_nodes, knn_k, image_size
-        # demand * N is at most N (one node holding all demand); other features are in [0, 1].
-        high = np.ones((N, NODE_FEATURE_DIM), dtype=np.float32)
-        high[:, 0] = float(N)
-        self.observation_space = spaces.Dict(
-            {
-                "node_features": spaces.Box(0.0, high, dtype=np.float32),
-                "neighbors": spaces.Box(0, N - 1, (N, k), dtype=np.int64),
-                "action_mask": spaces.MultiBinary(N),
-                "image": spaces.Box(0.0, 1.0, (3, H, H), dtype=np.float32),
-            }
-        )
-        self.action_space = spaces.Dict(
-            {"node": spaces.Discrete(N), "radius": spaces.Box(0.0, 1.0, (1,), dtype=np.float32)}
-        )
+        self.observation_space, self.action_space = coverage_spaces(num_nodes, image_size)
 
-    def _numpy_obs(self, obs: CoverageObs) -> dict[str, np.ndarray]:
+    reference_names = REFERENCE_NAMES
+
+    def _numpy_obs(self, obs: GraphBatch) -> dict[str, Any]:
         # Copies: observations must not alias the env's live torch state (check_env tests this).
         # The clamp guards float rounding of demand * N against the space's upper bound N.
         high = float(self.env.num_nodes)
+        links = obs.edge_index.t().numpy().astype(np.int64)  # one instance: global ids are local ids
         return {
-            "node_features": obs.node_features[0].clamp(max=high).numpy().astype(np.float32),
-            "neighbors": obs.neighbors[0].numpy().astype(np.int64),
-            "action_mask": obs.action_mask[0].numpy().astype(np.int8),
+            "graph": spaces.GraphInstance(
+                nodes=obs.x.clamp(max=high).numpy().astype(np.float32),
+                edges=obs.edge_attr.numpy().astype(np.float32),
+                edge_links=links,
+            ),
+            "action_mask": obs.action_mask.numpy().astype(np.int8),
+            "positions": obs.positions.numpy().astype(np.float32),
             "image": obs.image[0].numpy().astype(np.float32),
         }
+
+    def reference_returns(self) -> dict[str, float]:
+        """Returns of the greedy and random references on the current instance (from its start)."""
+        return {name: float(value[0]) for name, value in self.env.reference_returns().items()}
 
     def _info(self) -> dict[str, Any]:
         return {

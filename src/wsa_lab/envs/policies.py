@@ -9,9 +9,9 @@ from torch import Tensor
 
 from .coverage import CoverageEnv
 from .geometry import squared_distances
-from .observation import CoverageObs
+from wsa_lab.contract import GraphBatch
 
-Policy = Callable[[CoverageObs, CoverageEnv], tuple[Tensor, Tensor]]
+Policy = Callable[[GraphBatch, CoverageEnv], tuple[Tensor, Tensor]]
 
 # Upper bound on the elements of greedy_action's per-chunk [B, chunk, N] tensors (~4M).
 _GREEDY_MAX_CHUNK_ELEMENTS = 2**22

@@ -1,13 +1,13 @@
 """Models: state encoder, PTM wrappers, Weight Sharing Attention, actors, hybrid heads, actor-critic."""
 
 from wsa_lab.models.actor_critic import ActorCritic, PolicyStep, build_actor_critic
-from wsa_lab.models.actors import ActorFeatures, StandardActor, WSAEnhancedActor, rasterise_nodes
+from wsa_lab.models.actors import ActorFeatures, StandardActor, WSAEnhancedActor
 from wsa_lab.models.attention import WeightSharingAttention
 from wsa_lab.models.encoders import GraphCNN, StateEncoder
 from wsa_lab.models.fusion import FUSION_MODES, FusedFeatures, MultiPTMFeatureExtractor
 from wsa_lab.models.gpu import GPUConfig
 from wsa_lab.models.heads import HybridAction, HybridActionHead
-from wsa_lab.models.inputs import StateInputs
+from wsa_lab.models.inputs import StateInputs, rasterise_nodes
 from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
 
 __all__ = [

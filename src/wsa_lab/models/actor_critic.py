@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor, nn
 
-from wsa_lab.envs import CoverageObs
+from wsa_lab.contract import ActionSpec, GraphBatch, ObservationSpec
 from wsa_lab.models.actors import ActorFeatures, StandardActor, WSAEnhancedActor
 from wsa_lab.models.encoders import StateEncoder
 from wsa_lab.models.fusion import FusedFeatures, MultiPTMFeatureExtractor
@@ -17,6 +17,7 @@ from wsa_lab.models.gpu import GPUConfig, accelerated, autocast, prepare_cnn_bod
 from wsa_lab.models.heads import HybridAction, HybridActionHead, mlp
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
+from wsa_lab.models.weights import RESNETS
 from wsa_lab.errors import ConfigError
 from wsa_lab.schema import structured
 
@@ -71,17 +72,24 @@ class ActorCritic(nn.Module):
     def __init__(
         self,
         actor: nn.Module,
+        action_spec: ActionSpec,
         head_hidden_dim: int = 64,
         init_log_std: float = math.log(0.2),
         frozen_feature_cache: bool = True,
         gpu: Optional[GPUConfig] = None,
+        raster_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.actor = actor
-        self.head = HybridActionHead(actor.encoder.out_dim, actor.global_dim, head_hidden_dim, init_log_std)
+        self.action_spec = action_spec
+        self.head = HybridActionHead(
+            actor.encoder.out_dim, actor.global_dim, head_hidden_dim, init_log_std,
+            action_spec.continuous_dim, torch.as_tensor(action_spec.bounded),
+        )
         self.critic = mlp(actor.global_dim, head_hidden_dim, 1)
         self.frozen_feature_cache = frozen_feature_cache
         self.gpu = gpu or GPUConfig()
+        self.raster_size = raster_size  # set: image PTMs read node features rasterised to this side (no env image)
 
     @property
     def uses_wsa(self) -> bool:
@@ -112,16 +120,16 @@ class ActorCritic(nn.Module):
                 self.actor.channels_last = self.gpu.nhwc
         return self
 
-    def _inputs(self, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None) -> StateInputs:
-        channels_last = self.gpu.nhwc and accelerated(obs.image.device)
-        return StateInputs.from_obs(obs, cached_features, channels_last)
+    def _inputs(self, obs: GraphBatch, cached_features: Optional[dict[int, Tensor]] = None) -> StateInputs:
+        channels_last = self.gpu.nhwc and accelerated(obs.device)
+        return StateInputs.from_batch(obs, cached_features, channels_last, self.raster_size)
 
-    def features(self, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None) -> ActorFeatures:
+    def features(self, obs: GraphBatch, cached_features: Optional[dict[int, Tensor]] = None) -> ActorFeatures:
         """The actor's features in float32 (computed under bf16 autocast on a GPU with `gpu.amp`)."""
         return self._features(self._inputs(obs, cached_features))
 
     def _features(self, inputs: StateInputs) -> ActorFeatures:
-        with autocast(self.gpu, inputs.image.device):
+        with autocast(self.gpu, inputs.x.device):
             out = self.actor(inputs)
         if out.global_feat.dtype == torch.float32:
             return out
@@ -130,7 +138,7 @@ class ActorCritic(nn.Module):
             fusion = FusedFeatures(*(t.float() if t is not None else None for t in fusion))
         return ActorFeatures(out.node_emb.float(), out.global_feat.float(), fusion)
 
-    def frozen_features(self, obs: CoverageObs) -> dict[int, Tensor]:
+    def frozen_features(self, obs: GraphBatch) -> dict[int, Tensor]:
         """Backbone outputs of the frozen PTMs, ``{ptm index: (B, D)}`` (empty for the Standard Actor).
 
         A frozen backbone is a fixed function of the state (no gradients, eval mode), so the rollout
@@ -142,22 +150,22 @@ class ActorCritic(nn.Module):
     def _frozen_features(self, inputs: StateInputs) -> dict[int, Tensor]:
         if not self.uses_wsa:
             return {}
-        with autocast(self.gpu, inputs.image.device):
+        with autocast(self.gpu, inputs.x.device):
             return self.actor.extractor.frozen_features(inputs)
 
-    def get_value(self, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None) -> Tensor:
+    def get_value(self, obs: GraphBatch, cached_features: Optional[dict[int, Tensor]] = None) -> Tensor:
         return self.critic(self.features(obs, cached_features).global_feat).squeeze(-1)
 
     def get_action_and_value(
         self,
-        obs: CoverageObs,
+        obs: GraphBatch,
         action: Optional[HybridAction] = None,
         deterministic: bool = False,
         cached_features: Optional[dict[int, Tensor]] = None,
     ) -> PolicyStep:
         return self._policy_step(self._inputs(obs, cached_features), action, deterministic)
 
-    def rollout_step(self, obs: CoverageObs) -> tuple[PolicyStep, dict[int, Tensor]]:
+    def rollout_step(self, obs: GraphBatch) -> tuple[PolicyStep, dict[int, Tensor]]:
         """`get_action_and_value(obs)` plus the frozen PTMs' features for the cache (empty when it is off).
 
         One `StateInputs` (graph adjacency, image layout) serves both the frozen backbones and the actor.
@@ -170,14 +178,16 @@ class ActorCritic(nn.Module):
         self, inputs: StateInputs, action: Optional[HybridAction] = None, deterministic: bool = False
     ) -> PolicyStep:
         features = self._features(inputs)
-        out = self.head(features.node_emb, features.global_feat, inputs.action_mask, action, deterministic)
+        out = self.head(
+            features.node_emb, features.global_feat, inputs.action_mask, inputs.batch, inputs.ptr, action, deterministic
+        )
         value = self.critic(features.global_feat).squeeze(-1)
         return PolicyStep(out.action, out.log_prob, out.entropy, value, features)
 
 
 def build_actor_critic(
-    node_feature_dim: int,
-    image_size: int,
+    observation_spec: ObservationSpec,
+    action_spec: ActionSpec,
     hidden_dim: int = 64,
     gnn_layers: int = 2,
     context_dim: int = 64,
@@ -186,16 +196,22 @@ def build_actor_critic(
     head_hidden_dim: int = 64,
     init_log_std: float = math.log(0.2),
     checkpoint_min_nodes: int = 500,
+    raster_size: int = 32,
     weights_dir: Optional[str] = None,
     frozen_feature_cache: bool = True,
     gpu: Optional[dict[str, Any]] = None,
     standard: Optional[dict[str, Any]] = None,
     wsa: Optional[dict[str, Any]] = None,
 ) -> ActorCritic:
-    """Build the actor-critic from the `actor_critic` config; `wsa.enabled` picks the actor."""
+    """Build the actor-critic from the `actor_critic` config, sized from the env's spaces; `wsa.enabled` picks the actor."""
     wsa_cfg = structured(WSAConfig, wsa, "actor_critic.wsa")
     gpu_cfg = structured(GPUConfig, gpu, "actor_critic.gpu")
-    encoder = StateEncoder(node_feature_dim, hidden_dim, gnn_layers, context_dim)
+    obs = observation_spec
+    node_dim = obs.node_feature_dim
+    encoder = StateEncoder(node_dim, hidden_dim, gnn_layers, context_dim)
+    # What image PTMs read: the env's image, else node features rasterised at the node positions.
+    image_channels, image_side = (obs.image_shape[0], obs.image_shape[1]) if obs.has_image else (node_dim, raster_size)
+    rasterise = False
     if wsa_cfg.enabled:
         structured(WSALoggingConfig, wsa_cfg.logging, "actor_critic.wsa.logging")
         attention = structured(AttentionConfig, wsa_cfg.attention, "actor_critic.wsa.attention")
@@ -206,8 +222,14 @@ def build_actor_critic(
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ConfigError(f"actor_critic.wsa.pretrained_models: PTM names must be unique, got {names}")
+        for spec in specs:
+            if spec.model_type in RESNETS:
+                _check_image_input(obs, f"PTM {spec.name!r} ({spec.model_type})", image_side)
+                rasterise = not obs.has_image
         ptms = [
-            PreTrainedModelWrapper(s, feature_dim, node_feature_dim, graph_cnn_hidden_dim, weights_dir, checkpoint_min_nodes)
+            PreTrainedModelWrapper(
+                s, feature_dim, node_dim, graph_cnn_hidden_dim, weights_dir, checkpoint_min_nodes, image_channels
+            )
             for s in specs
         ]
         extractor = MultiPTMFeatureExtractor(
@@ -216,8 +238,41 @@ def build_actor_critic(
         actor: nn.Module = WSAEnhancedActor(encoder, extractor)
     else:
         std = structured(StandardConfig, standard, "actor_critic.standard")
+        if not obs.has_positions:
+            raise ConfigError(
+                "the Standard Actor rasterises node embeddings at the node positions, but the env gives no "
+                "'positions'; add them to its observation or use a WSA arm with graph PTMs (ptm=[graph_cnn])"
+            )
+        _check_min_image(f"the Standard Actor's {std.model_type}", raster_size, f"actor_critic.raster_size={raster_size} (default: env.image_size)")
         actor = StandardActor(
-            encoder, image_size, feature_dim, std.model_type, std.weights, std.freeze_backbone,
+            encoder, raster_size, feature_dim, std.model_type, std.weights, std.freeze_backbone,
             std.weights_path, weights_dir, checkpoint_min_nodes,
         )
-    return ActorCritic(actor, head_hidden_dim, init_log_std, frozen_feature_cache, gpu_cfg)
+    return ActorCritic(
+        actor, action_spec, head_hidden_dim, init_log_std, frozen_feature_cache, gpu_cfg,
+        raster_size if rasterise else None,
+    )
+
+
+MIN_RESNET_IMAGE = 32  # ResNets downsample 32x: below this the last stages see 1x1 padding, not the image
+
+
+def _check_min_image(who: str, side: int, what: str) -> None:
+    if side < MIN_RESNET_IMAGE:
+        raise ConfigError(
+            f"{what} is too small for {who} (ResNets downsample 32x): give it at least {MIN_RESNET_IMAGE} pixels a side, "
+            "or use only graph PTMs"
+        )
+
+
+def _check_image_input(obs: ObservationSpec, who: str, side: int) -> None:
+    """An image PTM needs the env's image, or node positions to rasterise the node features at."""
+    if obs.has_image:
+        _check_min_image(who, side, f"the env's {side}x{side} image (coverage env: env.image_size={side})")
+    elif obs.has_positions:
+        _check_min_image(who, side, f"actor_critic.raster_size={side}")
+    else:
+        raise ConfigError(
+            f"{who} reads an image, but the env gives neither an 'image' nor node 'positions' to rasterise its node "
+            "features at; add one of them to the env's observation, or use graph PTMs only (e.g. ptm=[graph_cnn])"
+        )

@@ -1,4 +1,4 @@
-"""The two actors of the seed: `StandardActor` (GNN -> grid -> ResNet18) and `WSAEnhancedActor`."""
+"""The two actors of the WSA design summary: `StandardActor` (GNN -> grid -> ResNet18) and `WSAEnhancedActor`."""
 
 from __future__ import annotations
 
@@ -9,40 +9,22 @@ from torch import Tensor, nn
 
 from wsa_lab.models.encoders import StateEncoder
 from wsa_lab.models.fusion import FusedFeatures, MultiPTMFeatureExtractor
-from wsa_lab.models.inputs import StateInputs, run_cnn
+from wsa_lab.models.inputs import StateInputs, rasterise_nodes, run_cnn
 from wsa_lab.models.ptm import IMAGENET_MEAN, IMAGENET_STD
 from wsa_lab.models.weights import RESNETS, freeze_batchnorm_stats, load_resnet
 
 
 class ActorFeatures(NamedTuple):
-    node_emb: Tensor  # (B, N, D) per-node embeddings for the node head
-    global_feat: Tensor  # (B, G) state-level features for the radius head and the critic
+    node_emb: Tensor  # (|V|, D) per-node embeddings for the node head
+    global_feat: Tensor  # (G, Z) state-level features for the continuous head and the critic
     fusion: Optional[FusedFeatures]  # WSA internals (attention weights, PTM features); None for Standard
 
 
-def rasterise_nodes(values: Tensor, positions: Tensor, grid_size: int) -> Tensor:
-    r"""Average node values into a square grid by node position (empty cells are 0).
-
-    Shapes:
-        - input: values :math:`(B, N, C)`, positions :math:`(B, N, 2)` in [0, 1]
-        - output: :math:`(B, C, H, W)` with H = W = `grid_size`
-    """
-    batch, num_nodes, channels = values.shape
-    cell = (positions * grid_size).long().clamp_(0, grid_size - 1)
-    flat = cell[..., 1] * grid_size + cell[..., 0]  # row = y, column = x
-    flat = flat + torch.arange(batch, device=values.device).unsqueeze(1) * grid_size * grid_size
-    cells = batch * grid_size * grid_size
-    sums = values.new_zeros(cells, channels).index_add_(0, flat.reshape(-1), values.reshape(-1, channels))
-    counts = values.new_zeros(cells).index_add_(0, flat.reshape(-1), values.new_ones(batch * num_nodes))
-    grid = sums / counts.clamp(min=1).unsqueeze(-1)
-    return grid.view(batch, grid_size, grid_size, channels).permute(0, 3, 1, 2)
-
-
 class StandardActor(nn.Module):
-    r"""Seed's Standard Actor: GNN node embeddings rasterised to a grid, read by one ResNet.
+    r"""The Standard Actor of the WSA design summary: GNN node embeddings rasterised to a grid, read by one ResNet.
 
-    Node embeddings are projected to 3 channels (so ImageNet weights apply unchanged), averaged into an
-    `image_size` grid by position, normalised like ImageNet images and passed through the ResNet.
+    Node embeddings are projected to 3 channels (so ImageNet weights apply unchanged), averaged into a
+    `grid_size` grid by node position, normalised like ImageNet images and passed through the ResNet.
     Gradients reach the GNN through the ResNet even when its weights are frozen.
 
     Shapes:
@@ -53,7 +35,7 @@ class StandardActor(nn.Module):
     def __init__(
         self,
         encoder: StateEncoder,
-        image_size: int,
+        grid_size: int,
         feature_dim: int,
         model_type: str = "resnet18",
         weights: str = "imagenet",
@@ -64,7 +46,7 @@ class StandardActor(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.image_size = image_size
+        self.grid_size = grid_size
         self.checkpoint_min_nodes = checkpoint_min_nodes
         self.to_rgb = nn.Linear(encoder.out_dim, 3)
         self.cnn = load_resnet(model_type, weights, weights_path, weights_dir)
@@ -83,19 +65,19 @@ class StandardActor(nn.Module):
         return self
 
     def forward(self, inputs: StateInputs) -> ActorFeatures:
-        h, context = self.encoder(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
-        node_emb = h.view(inputs.num_graphs, inputs.num_nodes, -1)
+        node_emb, context = self.encoder(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
         # float32: under bf16 autocast, per-cell counts of large graphs would lose precision
-        grid = rasterise_nodes(torch.sigmoid(self.to_rgb(node_emb)).float(), inputs.positions, self.image_size)
+        rgb = torch.sigmoid(self.to_rgb(node_emb)).float()
+        grid = rasterise_nodes(rgb, inputs.positions, inputs.batch, inputs.num_graphs, self.grid_size)
         grid = (grid - self.mean) / self.std
         if self.channels_last:
             grid = grid.contiguous(memory_format=torch.channels_last)
-        feat = self.adapter(run_cnn(self.cnn, grid, inputs.num_nodes > self.checkpoint_min_nodes))
+        feat = self.adapter(run_cnn(self.cnn, grid, inputs.max_graph_nodes > self.checkpoint_min_nodes))
         return ActorFeatures(node_emb, torch.cat([context, feat], dim=-1), None)
 
 
 class WSAEnhancedActor(nn.Module):
-    r"""Seed's WSA-Enhanced Actor: the state context weights several PTMs through shared attention.
+    r"""The WSA-Enhanced Actor: the state context weights several PTMs through shared attention.
 
     ``StateEncoder`` -> node embeddings + context; ``MultiPTMFeatureExtractor`` -> PTM features fused
     by :class:`~wsa_lab.models.attention.WeightSharingAttention` (or `mean` / `concat`).
@@ -112,7 +94,6 @@ class WSAEnhancedActor(nn.Module):
         self.global_dim = encoder.context_dim + extractor.out_dim
 
     def forward(self, inputs: StateInputs) -> ActorFeatures:
-        h, context = self.encoder(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
+        node_emb, context = self.encoder(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
         fused = self.extractor(inputs, context)
-        node_emb = h.view(inputs.num_graphs, inputs.num_nodes, -1)
         return ActorFeatures(node_emb, torch.cat([context, fused.fused], dim=-1), fused)

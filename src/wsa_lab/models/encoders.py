@@ -10,7 +10,7 @@ from torch_geometric.nn import GCNConv, global_max_pool, global_mean_pool
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
-from wsa_lab.envs.observation import global_neighbors
+from wsa_lab.contract import GraphBatch
 
 
 def gcn_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
@@ -29,26 +29,33 @@ def gcn_adjacency(edge_index: Tensor, num_nodes: int) -> Tensor:
         return to_torch_csr_tensor(index.flip(0), weight, size=(num_nodes, num_nodes))
 
 
-def knn_gcn_adjacency(neighbors: Tensor) -> Tensor:
-    r""":func:`gcn_adjacency` of a batch of kNN graphs, built directly from the neighbour lists.
+def regular_gcn_adjacency(edge_index: Tensor, num_nodes: int, in_degree: int) -> Tensor:
+    r""":func:`gcn_adjacency` of a graph where every node has exactly `in_degree` in-edges from distinct other
+    nodes, listed grouped by target in node order (kNN graphs): built without counting degrees.
 
-    Every node has k in-edges (its k distinct nearest other nodes) plus its self loop, so every entry of
-    :math:`\hat A` is :math:`1/(k+1)`: no degree count, no edge list, only a sort within each row.
+    Every node then has degree k + 1 with its self loop, so every entry of :math:`\hat A` is :math:`1/(k+1)`:
+    no degree count, no edge sort, only a sort within each row.
 
     Shapes:
-        - input: neighbors :math:`(B, N, k)` (`CoverageObs.neighbors`)
-        - output: :math:`(B \cdot N, B \cdot N)` sparse CSR, equal to ``gcn_adjacency(obs.edge_index(), B * N)``
+        - input: edge_index :math:`(2, |V| \cdot k)`
+        - output: :math:`(|V|, |V|)` sparse CSR, equal to ``gcn_adjacency(edge_index, num_nodes)``
     """
-    batch, num_nodes, k = neighbors.shape
-    device = neighbors.device
-    own = torch.arange(batch * num_nodes, device=device).view(batch, num_nodes, 1)
-    cols = torch.cat([global_neighbors(neighbors), own], dim=-1).view(batch * num_nodes, k + 1).sort(dim=1).values
-    crow = torch.arange(0, batch * num_nodes * (k + 1) + 1, k + 1, device=device)
+    k, device = in_degree, edge_index.device
+    own = torch.arange(num_nodes, device=device).view(num_nodes, 1)
+    cols = torch.cat([edge_index[0].view(num_nodes, k), own], dim=1).sort(dim=1).values
+    crow = torch.arange(0, num_nodes * (k + 1) + 1, k + 1, device=device)
     inv_sqrt_deg = torch.tensor(float(k + 1), device=device).pow(-0.5)  # as gcn_norm computes it
     values = (inv_sqrt_deg * inv_sqrt_deg).expand(cols.numel()).contiguous()
     with warnings.catch_warnings():  # torch's one-time "sparse CSR support is in beta" notice
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols.reshape(-1), values, size=(batch * num_nodes, batch * num_nodes))
+        return torch.sparse_csr_tensor(crow, cols.reshape(-1), values, size=(num_nodes, num_nodes))
+
+
+def batch_gcn_adjacency(obs: GraphBatch) -> Tensor:
+    """The GCN adjacency of a batch's disjoint graph (the fast regular path when `obs.in_degree` is set)."""
+    if obs.in_degree is not None:
+        return regular_gcn_adjacency(obs.edge_index, obs.num_nodes, obs.in_degree)
+    return gcn_adjacency(obs.edge_index, obs.num_nodes)
 
 
 class GCNStack(nn.Module):

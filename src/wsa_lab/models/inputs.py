@@ -1,4 +1,4 @@
-"""`StateInputs`: one observation batch in the layout every model reads (PyG-style flat graph + images)."""
+"""`StateInputs`: one observation batch as every model reads it (PyG-style flat graph + one image per graph)."""
 
 from __future__ import annotations
 
@@ -9,44 +9,62 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import ResNet
 
-from wsa_lab.envs import CoverageObs
-from wsa_lab.envs.observation import knn_edge_index
-from wsa_lab.models.encoders import knn_gcn_adjacency
+from wsa_lab.contract import GraphBatch
+from wsa_lab.models.encoders import batch_gcn_adjacency
+
+
+def rasterise_nodes(values: Tensor, positions: Tensor, batch: Tensor, num_graphs: int, grid_size: int) -> Tensor:
+    r"""Average node values into one square grid per graph by node position (empty cells are 0).
+
+    Row index follows y, column index follows x.
+
+    Shapes:
+        - input: values :math:`(|V|, C)`, positions :math:`(|V|, 2)` in [0, 1], batch :math:`(|V|,)`
+        - output: :math:`(G, C, H, W)` with H = W = `grid_size`
+    """
+    channels = values.shape[-1]
+    cell = (positions * grid_size).long().clamp_(0, grid_size - 1)
+    flat = batch * (grid_size * grid_size) + cell[:, 1] * grid_size + cell[:, 0]
+    cells = num_graphs * grid_size * grid_size
+    sums = values.new_zeros(cells, channels).index_add_(0, flat, values)
+    counts = values.new_zeros(cells).index_add_(0, flat, values.new_ones(values.shape[0]))
+    grid = sums / counts.clamp(min=1).unsqueeze(-1)
+    return grid.view(num_graphs, grid_size, grid_size, channels).permute(0, 3, 1, 2)
 
 
 class StateInputs(NamedTuple):
-    r"""A batch of B states with N nodes each.
+    r"""A batch of G states (graphs of any sizes) in the layout the models read.
 
-    `adj_t` is the GCN-normalised adjacency of the kNN graph (:func:`~wsa_lab.models.encoders.knn_gcn_adjacency`),
-    built once here and shared by every GCN layer of every model that reads these states (`graph`). The edge
-    list (`edge_index`) is derived from `neighbors` only when asked for: the models read `adj_t`.
+    `adj_t` is the GCN-normalised adjacency (:func:`~wsa_lab.models.encoders.batch_gcn_adjacency`), built once
+    here and shared by every GCN layer of every model that reads these states (`graph`).
+
+    `image` is what image PTMs read: the env's image, or, for an env without one, the node features
+    rasterised at the node positions (:func:`rasterise_nodes`); None when no model reads an image.
 
     `cached_features` maps a PTM's index (its position in the extractor) to that PTM's frozen backbone
     output for these states, computed earlier (the rollout's frozen-feature cache, see
     :meth:`~wsa_lab.models.ActorCritic.frozen_features`); PTMs found there skip their backbone.
 
     Shapes:
-        - x: :math:`(B \cdot N, F)` node features; neighbors: :math:`(B, N, k)`; batch: :math:`(B \cdot N,)`
-        - image: :math:`(B, 3, H, W)` in [0, 1]; action_mask: :math:`(B, N)`; positions: :math:`(B, N, 2)`
-        - adj_t: :math:`(B \cdot N, B \cdot N)` sparse CSR, or None (then `graph` is `edge_index`)
-        - cached_features: ``{ptm index: (B, D_backbone)}`` or None
+        - x: :math:`(|V|, F)`; edge_index: :math:`(2, |E|)`; edge_attr: :math:`(|E|, D)` or None
+        - batch: :math:`(|V|,)`; ptr: :math:`(G + 1,)`; action_mask: :math:`(|V|,)`; positions: :math:`(|V|, 2)` or None
+        - image: :math:`(G, C, H, W)` or None
+        - adj_t: :math:`(|V|, |V|)` sparse CSR, or None (then `graph` is `edge_index`)
+        - cached_features: ``{ptm index: (G, D_backbone)}`` or None
     """
 
     x: Tensor
-    neighbors: Tensor
+    edge_index: Tensor
+    edge_attr: Optional[Tensor]
     batch: Tensor
-    image: Tensor
+    ptr: Tensor
     action_mask: Tensor
-    positions: Tensor
+    positions: Optional[Tensor]
+    image: Optional[Tensor]
     num_graphs: int
-    num_nodes: int
+    max_graph_nodes: int  # nodes of the largest graph (gradient checkpointing switches on above a size)
     adj_t: Optional[Tensor] = None
     cached_features: Optional[dict[int, Tensor]] = None
-
-    @property
-    def edge_index(self) -> Tensor:
-        """The batch's kNN edges, :math:`(2, |E|)` (as `CoverageObs.edge_index`)."""
-        return knn_edge_index(self.neighbors)
 
     @property
     def graph(self) -> Tensor:
@@ -54,20 +72,33 @@ class StateInputs(NamedTuple):
         return self.edge_index if self.adj_t is None else self.adj_t
 
     @classmethod
-    def from_obs(
-        cls, obs: CoverageObs, cached_features: Optional[dict[int, Tensor]] = None, channels_last: bool = False
+    def from_batch(
+        cls,
+        obs: GraphBatch,
+        cached_features: Optional[dict[int, Tensor]] = None,
+        channels_last: bool = False,
+        raster_size: Optional[int] = None,
     ) -> "StateInputs":
-        image = obs.image.contiguous(memory_format=torch.channels_last) if channels_last else obs.image
+        """`raster_size`: rasterise the node features into images of this side (an env without an image whose
+        image PTMs need one); None: use the env's image (or none)."""
+        image = obs.image
+        if raster_size is not None:
+            image = rasterise_nodes(obs.x, obs.positions, obs.batch, obs.num_graphs, raster_size)
+        if image is not None and channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        largest = obs.uniform_size if obs.uniform_size is not None else int(obs.nodes_per_graph.max())
         return cls(
-            x=obs.flat_node_features(),
-            neighbors=obs.neighbors,
-            batch=obs.batch_vector(),
-            image=image,
+            x=obs.x,
+            edge_index=obs.edge_index,
+            edge_attr=obs.edge_attr,
+            batch=obs.batch,
+            ptr=obs.ptr,
             action_mask=obs.action_mask,
-            positions=obs.node_features[..., 3:5],  # (x, y) columns, see CoverageObs
-            num_graphs=obs.batch_size,
-            num_nodes=obs.num_nodes,
-            adj_t=knn_gcn_adjacency(obs.neighbors),
+            positions=obs.positions,
+            image=image,
+            num_graphs=obs.num_graphs,
+            max_graph_nodes=largest,
+            adj_t=batch_gcn_adjacency(obs),
             cached_features=cached_features,
         )
 

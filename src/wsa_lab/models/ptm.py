@@ -69,16 +69,19 @@ class PreTrainedModelWrapper(nn.Module):
         graph_hidden_dim: int = 64,
         weights_dir: str | None = None,
         checkpoint_min_nodes: int = 500,
+        image_channels: int = 3,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.is_image = spec.model_type in RESNETS
         self.checkpoint_min_nodes = checkpoint_min_nodes
         if self.is_image:
-            self.backbone = load_resnet(spec.model_type, spec.weights, spec.weights_path, weights_dir)
+            self.backbone = load_resnet(spec.model_type, spec.weights, spec.weights_path, weights_dir, image_channels)
             out_dim = RESNETS[spec.model_type].out_dim
-            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+            # ImageNet normalisation for RGB images; other channel counts (rasterised node features) pass as they are
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if image_channels == 3 else ((0.0,) * image_channels, (1.0,) * image_channels)
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         else:
             self.backbone = GraphCNN(node_feature_dim, graph_hidden_dim)
             out_dim = self.backbone.out_dim
@@ -104,7 +107,7 @@ class PreTrainedModelWrapper(nn.Module):
         with torch.no_grad() if self.frozen else nullcontext():
             if self.is_image:
                 image = (inputs.image - self.mean) / self.std
-                use_ckpt = inputs.num_nodes > self.checkpoint_min_nodes
+                use_ckpt = inputs.max_graph_nodes > self.checkpoint_min_nodes
                 return run_cnn(self.backbone, image, use_ckpt)
             return self.backbone(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
 

@@ -87,8 +87,39 @@ def resolve_weights_file(model_type: str, weights_path: str | None = None, weigh
     )
 
 
-def load_resnet(model_type: str, weights: str, weights_path: str | None = None, weights_dir: str | None = None) -> nn.Module:
+def adapt_input_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """`conv` for `in_channels` input channels, its RGB weights spread over them (timm's `adapt_input_conv`).
+
+    One channel: the RGB kernels summed. C channels: the RGB kernels repeated cyclically and scaled by 3 / C, so
+    an input with the same value in every channel gives the same response as the RGB image did.
+    """
+    if in_channels == conv.in_channels:
+        return conv
+    weight = conv.weight.detach()
+    if in_channels == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        repeat = -(-in_channels // weight.shape[1])
+        adapted = weight.repeat(1, repeat, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(adapted)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def load_resnet(
+    model_type: str,
+    weights: str,
+    weights_path: str | None = None,
+    weights_dir: str | None = None,
+    in_channels: int = 3,
+) -> nn.Module:
     """Build a torchvision ResNet with its classifier removed (`fc` = Identity); output (B, out_dim).
+
+    `in_channels` other than 3 (an image of rasterised node features) adapts the first convolution
+    (:func:`adapt_input_conv`).
 
     `weights="imagenet"` loads the torchvision ImageNet state dict from disk (see module docstring); its
     BatchNorm layers must be kept in eval mode (`freeze_batchnorm_stats`). `weights="random"` keeps
@@ -115,6 +146,7 @@ def load_resnet(model_type: str, weights: str, weights_path: str | None = None, 
                     f"Replace the file with {RESNETS[model_type].imagenet.url}."
                 ) from exc
     model.fc = nn.Identity()
+    model.conv1 = adapt_input_conv(model.conv1, in_channels)
     return model
 
 

@@ -1,62 +1,102 @@
-"""Periodic evaluation on a fixed held-out instance set, reported as a fraction of the greedy policy."""
+"""Periodic evaluation on a fixed held-out episode set, against the env's reference policies when it has them.
+
+The held-out set is the episodes an env starts from ``reset(seed=evaluation.seed)`` (for Gymnasium envs: env
+i of the evaluation batch seeded with ``evaluation.seed + i``), the same for every run and seed. An env that
+offers reference policies (``reference_returns()``, e.g. the coverage env's greedy and random) has their
+returns computed once; then ``eval/<reference>_ratio`` is the agent's return as a fraction of that reference's
+(:func:`~wsa_lab.contract.ratio_to_reference`). Without references the headline metric is ``eval/return``.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from wsa_lab.envs import CoverageEnv, CoverageObs, greedy_returns, random_returns, run_episodes
+from wsa_lab.contract import VectorGraphEnv, env_label, ratio_to_reference
+from wsa_lab.errors import ConfigError, EnvError
 from wsa_lab.models import ActorCritic
+
+#: A cap on the steps of one evaluation episode: an env whose episodes never end is an error, not a hang.
+MAX_EPISODE_STEPS = 100_000
 
 
 @torch.no_grad()
-def play(
-    agent: ActorCritic, env: CoverageEnv, instances: tuple[Tensor, Tensor], deterministic: bool = True
-) -> Tensor:
-    """One episode of `agent` per instance (deterministic: most likely node, mean radius; else sampled).
+def play(agent: ActorCritic, env: VectorGraphEnv, seed: int, deterministic: bool = True) -> Tensor:
+    """One episode of `agent` in every env, from ``env.reset(seed=seed)`` (deterministic: most likely node and
+    the continuous mean; else sampled). Envs that finish first wait (their next episodes are ignored).
 
     Shapes:
         - output: ``[B]`` episode returns, on the env's device
     """
-
-    def policy(obs: CoverageObs, _env: CoverageEnv) -> tuple[Tensor, Tensor]:
+    spec = agent.action_spec
+    obs = env.reset(seed=seed)
+    returns = torch.zeros(env.num_envs, device=env.device)
+    finished = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
+    for _ in range(MAX_EPISODE_STEPS):
         action = agent.get_action_and_value(obs, deterministic=deterministic).action
-        return action.node, action.radius.clamp(0.0, 1.0)
+        obs, _reward, terminated, truncated, info = env.step(action.node, spec.policy_to_env(action.continuous))
+        ended = (terminated | truncated) & ~finished
+        returns = torch.where(ended, info["episode_return"].to(returns.dtype), returns)
+        finished |= ended
+        if bool(finished.all()):
+            return returns
+    raise EnvError(f"env {env_label(env)}: an evaluation episode did not end within {MAX_EPISODE_STEPS} steps")
 
-    return run_episodes(env, policy, instances)
+
+def headline_metric(reference_names: tuple[str, ...] | list[str]) -> str:
+    """``eval/<first reference>_ratio`` when the env has references, else ``eval/return``."""
+    return f"eval/{reference_names[0]}_ratio" if reference_names else "eval/return"
 
 
 class Evaluator:
-    """Holds the held-out instances and their reference returns (computed once, at construction).
+    """Holds the held-out episode set's seed and its reference returns (computed once, at construction).
 
-    `eval/greedy_ratio` = mean agent return / mean greedy return over the same instances; the
-    random policy's ratio is the floor a learning agent must clear.
+    Args:
+        env: the evaluation env (``evaluation.num_instances`` envs); not used for training.
+        seed: ``evaluation.seed``.
+        metric: ``evaluation.metric``: the metric the summary's best value, the report, the Hydra sweep objective
+            and ``wsa_lab.evaluate`` use; None = :func:`headline_metric`.
     """
 
-    def __init__(self, env: CoverageEnv, seed: int, radius_grid: int = 11) -> None:
-        self.env = env
+    def __init__(self, env: VectorGraphEnv, seed: int, metric: Optional[str] = None) -> None:
+        self.env, self.seed = env, seed
         env.reset(seed=seed)
-        self.instances = (env.pos.clone(), env.demand.clone())
-        self.greedy_return = greedy_returns(env, self.instances, radius_grid).mean().item()
-        self.random_return = random_returns(env, self.instances, seed).mean().item()
+        references = env.reference_returns() if hasattr(env, "reference_returns") else {}
+        self.reference_names: list[str] = list(getattr(env, "reference_names", ()) or references)
+        self.reference_returns = {name: references[name].mean().item() for name in self.reference_names}
+        self.metrics = ["eval/return", *(f"eval/{name}_ratio" for name in self.reference_names)]
+        self.metric = metric or headline_metric(self.reference_names)
+        if self.metric not in self.metrics:
+            raise ConfigError(
+                f"evaluation.metric={self.metric!r} is not logged for env {env_label(env)}; choose one of {self.metrics} "
+                "(or null for the default)"
+            )
 
     @property
     def reference(self) -> dict[str, float]:
-        return {
-            "reference/greedy_return": self.greedy_return,
-            "reference/random_return": self.random_return,
-            "reference/random_greedy_ratio": self.random_return / self.greedy_return,
-        }
+        """``reference/<name>_return``, and each other reference as a fraction of the first (e.g. random / greedy)."""
+        out = {f"reference/{name}_return": value for name, value in self.reference_returns.items()}
+        if self.reference_names:
+            first = self.reference_names[0]
+            for name in self.reference_names[1:]:
+                out[f"reference/{name}_{first}_ratio"] = ratio_to_reference(
+                    self.reference_returns[name], self.reference_returns[first]
+                )
+        return out
 
     def evaluate(self, agent: ActorCritic) -> dict[str, float]:
-        """Deterministic policy (most likely node, mean radius) on every held-out instance, once."""
+        """Deterministic policy on every held-out episode, once."""
         was_training = agent.training
         agent.eval()
-        returns = play(agent, self.env, self.instances, deterministic=True)
+        returns = play(agent, self.env, self.seed, deterministic=True)
         agent.train(was_training)
         mean = returns.mean().item()
-        return {
+        out: dict[str, Any] = {
             "eval/return": mean,
             "eval/return_std": returns.std().item() if returns.numel() > 1 else 0.0,
-            "eval/greedy_ratio": mean / self.greedy_return,
         }
+        for name, value in self.reference_returns.items():
+            out[f"eval/{name}_ratio"] = ratio_to_reference(mean, value)
+        return out

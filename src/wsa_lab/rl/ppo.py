@@ -1,21 +1,22 @@
-"""PPO for the hybrid (node, radius) action, after CleanRL's `ppo.py`: rollout, GAE, clipped update.
+"""PPO for the hybrid (node, continuous) action, after CleanRL's `ppo.py`: rollout, GAE, clipped update.
 
 One `PPO.iterate()` = one rollout of `num_steps` x `num_envs` steps + `update_epochs` epochs of
-minibatch updates. Metrics use CleanRL's names and are keyed by `global_step` (env steps).
+minibatch updates. Metrics use CleanRL's names and are keyed by `global_step` (env steps). The env is any
+:class:`~wsa_lab.contract.VectorGraphEnv`; observations are :class:`~wsa_lab.contract.GraphBatch`es (graphs of
+any sizes), stored one per rollout step and joined for the update.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from wsa_lab.envs import CoverageEnv, CoverageObs
-from wsa_lab.errors import TrainingDivergedError
+from wsa_lab.contract import GraphBatch, VectorGraphEnv, env_label
+from wsa_lab.errors import EnvError, TrainingDivergedError
 from wsa_lab.models import ActorCritic, HybridAction
 from wsa_lab.models.gpu import to_host
 from wsa_lab.rl.config import PPOConfig
@@ -39,27 +40,25 @@ def compute_gae(
     return advantages, advantages + values
 
 
-def _store(buffer: CoverageObs, step: int, obs: CoverageObs) -> None:
-    for f in fields(obs):
-        getattr(buffer, f.name)[step] = getattr(obs, f.name)
-
-
 class PPO:
     """Owns the optimiser, the rollout buffers and the env's running state."""
 
-    def __init__(self, agent: ActorCritic, env: CoverageEnv, cfg: PPOConfig, log_attention: bool = True, log_features: bool = True) -> None:
+    def __init__(
+        self, agent: ActorCritic, env: VectorGraphEnv, cfg: PPOConfig, log_attention: bool = True, log_features: bool = True,
+        reset_seed: int | None = None,
+    ) -> None:
         self.agent, self.env, self.cfg = agent, env, cfg
         self.log_attention, self.log_features = log_attention, log_features
         self.device = env.device
         self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.global_step = 0
         self.iteration = 0
-        self.next_obs = env.reset()
+        self.next_obs: GraphBatch = env.reset(seed=reset_seed)
         self.next_done = torch.zeros(env.num_envs, device=self.device)
-        T, B = cfg.num_steps, env.num_envs
-        self.obs = self.next_obs.map(lambda t: t.new_zeros((T,) + t.shape))
+        T, B, d = cfg.num_steps, env.num_envs, agent.action_spec.continuous_dim
+        self.obs: list[GraphBatch | None] = [None] * T  # one batch of B graphs per rollout step
         self.nodes = torch.zeros(T, B, dtype=torch.long, device=self.device)
-        self.radii = torch.zeros(T, B, device=self.device)
+        self.continuous = torch.zeros(T, B, d, device=self.device)
         self.logprobs = torch.zeros(T, B, device=self.device)
         self.rewards = torch.zeros(T, B, device=self.device)
         self.dones = torch.zeros(T, B, device=self.device)
@@ -83,25 +82,35 @@ class PPO:
         use_cache = self.agent.cacheable
         if not use_cache:
             self.frozen_feats = {}
+        spec = self.agent.action_spec
         for step in range(self.cfg.num_steps):
             self.global_step += self.env.num_envs
-            _store(self.obs, step, self.next_obs)
+            self.obs[step] = self.next_obs
             self.dones[step] = self.next_done
             out, cached = self.agent.rollout_step(self.next_obs)
             if cached:
                 self._store_frozen(step, cached)
             self.values[step] = out.value
-            self.nodes[step], self.radii[step] = out.action.node, out.action.radius
+            self.nodes[step], self.continuous[step] = out.action.node, out.action.continuous
             self.logprobs[step] = out.log_prob
             fusion = out.features.fusion
             if fusion is not None:
                 if fusion.weights is not None:
                     attention.append(fusion.weights)
                 norms.append(fusion.features.norm(dim=-1))
-            obs, reward, terminated, truncated, info = self.env.step(out.action.node, out.action.radius.clamp(0.0, 1.0))
+            obs, reward, terminated, truncated, info = self.env.step(
+                out.action.node, spec.policy_to_env(out.action.continuous)
+            )
+            if not bool(torch.isfinite(reward).all()):
+                bad = int((~torch.isfinite(reward)).nonzero()[0])
+                raise EnvError(
+                    f"env {env_label(self.env)} returned reward {reward[bad].item()} (env {bad}) at global_step "
+                    f"{self.global_step}; check the env's settings (the last good checkpoint is kept)"
+                )
             if truncated.any():  # bootstrap the value of truncated (not terminated) episodes
-                final_value = self.agent.get_value(info["final_obs"])
-                reward = reward + self.cfg.gamma * final_value * truncated.float()
+                cut = truncated.nonzero().squeeze(1)
+                final_value = self.agent.get_value(info["final_obs"].select(cut))
+                reward = reward.index_add(0, cut, self.cfg.gamma * final_value)
             done = terminated | truncated
             self.rewards[step] = reward
             self.next_obs, self.next_done = obs, done.float()
@@ -123,7 +132,7 @@ class PPO:
             buf[step] = feat
 
     def _wsa_stats(self, attention: list[Tensor], norms: list[Tensor]) -> dict[str, float]:
-        """The seed's monitoring metrics: wsa/attention_weights_<i>, wsa/attention_entropy, wsa/feature_norms_<i>."""
+        """The design summary's monitoring metrics: wsa/attention_weights_<i>, wsa/attention_entropy, wsa/feature_norms_<i>."""
         stats: dict[str, float] = {}
         if attention:
             weights = torch.cat(attention)  # (T*B, P)
@@ -147,8 +156,8 @@ class PPO:
         advantages, returns = compute_gae(
             self.rewards, self.values, self.dones, next_value, self.next_done, cfg.gamma, cfg.gae_lambda
         )
-        b_obs = self.obs.map(lambda t: t.reshape((-1,) + t.shape[2:]))
-        b_nodes, b_radii = self.nodes.reshape(-1), self.radii.reshape(-1)
+        b_obs = GraphBatch.cat(self.obs)  # step-major: sample t * B + b, as reshape(-1) of the (T, B) buffers
+        b_nodes, b_continuous = self.nodes.reshape(-1), self.continuous.reshape(-1, self.continuous.shape[-1])
         b_logprobs, b_adv = self.logprobs.reshape(-1), advantages.reshape(-1)
         b_returns, b_values = returns.reshape(-1), self.values.reshape(-1)
         b_frozen = {i: t.reshape((-1,) + t.shape[2:]) for i, t in self.frozen_feats.items()}  # empty: cache off
@@ -160,7 +169,7 @@ class PPO:
             for start in range(0, cfg.batch_size, cfg.minibatch_size):
                 mb = perm[start : start + cfg.minibatch_size]
                 out = self.agent.get_action_and_value(
-                    b_obs.map(lambda t: t[mb]), HybridAction(b_nodes[mb], b_radii[mb]),
+                    b_obs.select(mb), HybridAction(b_nodes[mb], b_continuous[mb]),
                     cached_features={i: t[mb] for i, t in b_frozen.items()} or None,
                 )
                 logratio = out.log_prob - b_logprobs[mb]
@@ -248,7 +257,7 @@ class PPO:
             "optimizer": self.optimizer.state_dict(),
             "global_step": self.global_step,
             "iteration": self.iteration,
-            "next_obs": {f.name: getattr(self.next_obs, f.name) for f in fields(self.next_obs)},
+            "next_obs": self.next_obs.state_dict(),
             "next_done": self.next_done,
         }
 
@@ -258,7 +267,7 @@ class PPO:
         self.global_step = int(state["global_step"])
         self.iteration = int(state["iteration"])
         if "next_obs" in state:  # else keep the observation of the env's current state
-            self.next_obs = CoverageObs(**{k: v.to(self.device) for k, v in state["next_obs"].items()})
+            self.next_obs = GraphBatch.from_state_dict(state["next_obs"], self.device)
             self.next_done = state["next_done"].to(self.device)
         self.start_step = self.global_step
         self.start_time = time.time()

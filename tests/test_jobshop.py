@@ -246,9 +246,12 @@ def test_benchmark_instance_ft06() -> None:
     first = instance_matrices(env)
     refs = env.reference_returns()
     assert env.reference_details()["cpsat_optimal"] and refs["cpsat"] == -5.5  # ft06's optimum is 55
-    env.reset(seed=1)
+    details = env.reference_details()
+    total, _, _ = play(env, rule_policy("most_work_remaining"), seed=1)
     assert instance_matrices(env) == first
-    assert env.reference_returns() == refs  # cached for the fixed instance
+    assert total == pytest.approx(refs["most_work_remaining"], rel=1e-12)
+    assert env.reference_returns() == refs
+    assert env.reference_details() == details  # cached for the fixed instance (same solve time)
     check_env(env, skip_render_check=True)
 
 

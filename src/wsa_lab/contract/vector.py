@@ -13,6 +13,8 @@ as one :class:`~wsa_lab.contract.GraphBatch`, actions as tensors. Two kinds impl
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
@@ -20,12 +22,14 @@ import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.envs.registration import load_env_creator
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 from torch import Tensor
 
 from wsa_lab.contract.batch import GraphBatch, offsets
 from wsa_lab.contract.spaces import GRAPH_KEY, ActionSpec, ObservationSpec, action_spec, observation_spec
 from wsa_lab.errors import ConfigError, EnvContractError, EnvError
+from wsa_lab.schema import unknown_key_error
 
 VECTORIZATION = ("sync", "async")
 
@@ -122,6 +126,7 @@ class GymVectorGraphEnv:
         self.seed = seed
         self.vectorization = vectorization
         register_entry_point(id, entry_point)
+        check_env_kwargs(id, self.kwargs)
         make_kwargs = dict(self.kwargs)
         if max_episode_steps is not None:
             make_kwargs["max_episode_steps"] = max_episode_steps
@@ -140,10 +145,12 @@ class GymVectorGraphEnv:
         self._single_obs = self.vec.single_observation_space
         self._single_act = self.vec.single_action_space
         self.obs_spec, self.act_spec = specs(self)
-        names = self._optional_attr("reference_names")
-        self.reference_names: tuple[str, ...] = tuple(names[0]) if names else ()
-        self._has_references = bool(self._optional_attr("reference_returns"))
-        self._has_state = vectorization == "sync" and bool(self._optional_attr("state_dict"))
+        probe = self.vec.envs[0].unwrapped if vectorization == "sync" else gymnasium.make(id, **make_kwargs).unwrapped
+        self.reference_names: tuple[str, ...] = tuple(getattr(probe, "reference_names", ()) or ())
+        self._has_references = callable(getattr(probe, "reference_returns", None))
+        self._has_state = vectorization == "sync" and callable(getattr(probe, "state_dict", None))
+        if vectorization != "sync":
+            probe.close()
         self.steps = 0  # vector steps since construction (for error messages)
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
@@ -224,6 +231,7 @@ class GymVectorGraphEnv:
         """Restore :meth:`state_dict`'s output; False when there is nothing to restore (episodes restart)."""
         if not state or not self._has_state:
             return False
+        self.vec.reset()  # gymnasium's OrderEnforcing refuses steps before a reset, even after the state is set
         for env, env_state in zip(self.vec.envs, state["envs"]):
             env.get_wrapper_attr("load_state_dict")(env_state)
         self._returns[:] = state["returns"].numpy()
@@ -234,12 +242,6 @@ class GymVectorGraphEnv:
         self.vec.close()
 
     # ------------------------------------------------------------------ helpers
-    def _optional_attr(self, name: str) -> Any:
-        try:
-            return self.vec.get_attr(name)
-        except AttributeError:
-            return None
-
     def _guard(self, what: str, fn: Any) -> Any:
         """Run an env call; whatever the user's env raises becomes one EnvError naming the env and step."""
         try:
@@ -352,6 +354,34 @@ def register_entry_point(env_id: str, entry_point: Optional[str]) -> None:
             )
         return
     gymnasium.register(id=env_id, entry_point=entry_point)
+
+
+def check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """`env.id` must be registered (importing its module first for "module:Id") and `env.kwargs` must be
+    arguments of its constructor (one-line ConfigErrors, with a did-you-mean)."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's package failing to import, whatever the reason
+            raise ConfigError(f"env.id={env_id!r}: cannot import {module!r} ({type(exc).__name__}: {exc})") from exc
+    try:
+        spec = gymnasium.spec(name)
+    except gymnasium.error.Error as exc:
+        raise ConfigError(
+            f"env.id={env_id!r} is not a registered Gymnasium env ({exc}); register it in your package and name the "
+            "package first (env.id=my_pkg:MyEnv-v0), or set env.entry_point=my_pkg.module:MyEnvClass"
+        ) from exc
+    try:
+        creator = spec.entry_point if callable(spec.entry_point) else load_env_creator(spec.entry_point)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"env.id={env_id!r}: cannot load its entry point {spec.entry_point!r} ({exc})") from exc
+    params = inspect.signature(creator).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in kwargs:
+        if key not in params:
+            raise unknown_key_error(key, [p for p in params if p != "self"], "env.kwargs")
 
 
 def ratio_to_reference(agent: float, reference: float) -> float:

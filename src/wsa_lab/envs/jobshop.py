@@ -283,7 +283,6 @@ class JobShopGraphEnv(gymnasium.Env):
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be > 0; got {time_scale}")
 
-        self._filter_name = ready_operations_filter
         self._filter = (
             None if ready_operations_filter is None else ready_operations_filter_factory(ready_operations_filter)
         )
@@ -327,6 +326,7 @@ class JobShopGraphEnv(gymnasium.Env):
         self.action_space = spaces.Dict({"node": spaces.Discrete(self.max_nodes)})
 
         self._jsl_env: SingleJobShopGraphEnv | None = None
+        self._instance: JobShopInstance | None = None  # the current episode's (job-shop-lib's env holds copies)
         self._actions: list[int] = []  # operation ids dispatched this episode (for state_dict)
         self._references: dict[str, float] | None = None
         self._reference_details: dict[str, Any] = {}
@@ -338,7 +338,9 @@ class JobShopGraphEnv(gymnasium.Env):
     @property
     def instance(self) -> JobShopInstance:
         """The current episode's job-shop-lib instance (after :meth:`reset`)."""
-        return self._env().instance
+        self._env()  # raises before the first reset
+        assert self._instance is not None
+        return self._instance
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -369,8 +371,8 @@ class JobShopGraphEnv(gymnasium.Env):
 
     def _start(self, instance: JobShopInstance) -> None:
         """Start an episode on ``instance`` (a fresh job-shop-lib env unless it is the same one)."""
-        if self._jsl_env is not None and self._jsl_env.instance is instance:
-            self._jsl_env.reset()
+        if self._jsl_env is not None and self._instance is instance:
+            self._jsl_env.reset()  # a fixed instance: the same job-shop-lib env, from the start
         else:
             graph = JobShopGraph(instance)  # operation nodes only: node id == operation id
             add_disjunctive_edges(graph)
@@ -401,6 +403,7 @@ class JobShopGraphEnv(gymnasium.Env):
                 ],
                 axis=1,
             ).astype(np.float32)
+        self._instance = instance
         self._actions = []
         if self._references_instance is not instance:
             self._references, self._reference_details, self._references_instance = None, {}, None

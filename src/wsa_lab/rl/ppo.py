@@ -157,7 +157,7 @@ class PPO:
             self.rewards, self.values, self.dones, next_value, self.next_done, cfg.gamma, cfg.gae_lambda
         )
         b_obs = GraphBatch.cat(self.obs)  # step-major: sample t * B + b, as reshape(-1) of the (T, B) buffers
-        b_nodes, b_continuous = self.nodes.reshape(-1), self.continuous.reshape(-1, self.continuous.shape[-1])
+        b_nodes, b_continuous = self.nodes.reshape(-1), self.continuous.flatten(0, 1)
         b_logprobs, b_adv = self.logprobs.reshape(-1), advantages.reshape(-1)
         b_returns, b_values = returns.reshape(-1), self.values.reshape(-1)
         b_frozen = {i: t.reshape((-1,) + t.shape[2:]) for i, t in self.frozen_feats.items()}  # empty: cache off

@@ -1,5 +1,6 @@
 """Shared fixtures. Tests make their own data: ImageNet weight files are self-made state dicts placed
-where torchvision's cache would hold them (a cached file's hash is not checked, see FACTS.md)."""
+where torchvision's cache would hold them. Their SHA-256 does not match the prefix in their names, so every test
+runs with the stand-in opt-out WSA_LAB_ALLOW_UNVERIFIED_WEIGHTS=1 (tests/test_weights.py checks both sides)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from wsa_lab.config import config_dir
-from wsa_lab.models.weights import RESNETS, weights_file_name
+from wsa_lab.models.weights import ALLOW_UNVERIFIED_ENV, RESNETS, weights_file_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,8 +35,9 @@ def fake_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_torch_home(fake_torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test sees the fake cache (and never the user's real one)."""
+    """Every test sees the fake cache (and never the user's real one), and may load its stand-in files."""
     monkeypatch.setenv("TORCH_HOME", str(fake_torch_home))
+    monkeypatch.setenv(ALLOW_UNVERIFIED_ENV, "1")
     return fake_torch_home
 
 

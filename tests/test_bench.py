@@ -1,5 +1,5 @@
 """`python -m wsa_lab.bench`: runs every section at tiny sizes, reports ratios and verdicts, writes JSON;
-the greedy reference of the evaluation set is computed once, not at every evaluation."""
+the evaluation set's reference returns are computed once, not at every evaluation."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import subprocess_env
+from conftest import coverage_specs, subprocess_env
 from wsa_lab import bench
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.models import build_actor_critic
@@ -35,17 +36,23 @@ def test_ratios_and_verdicts():
     assert not verdicts["env_share_max"]["met"]  # 8% > 5%
 
 
-def test_greedy_reference_is_computed_once():
-    env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16, autoreset=False)
+def test_references_are_computed_once():
+    env = bench.CountedReferences(CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16))
     ptms = [{"name": "g", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
-    agent = build_actor_critic(node_feature_dim=6, image_size=16, wsa={"enabled": True, "pretrained_models": ptms})
-    with bench.count_greedy_calls() as calls:
-        evaluator = Evaluator(env, seed=3)
-        built = calls[0]
-        for _ in range(3):
-            evaluator.evaluate(agent)
-    assert built == 3  # one greedy action per step of the K=3-step episodes, at construction
-    assert calls[0] == built  # and none during the evaluations
+    agent = build_actor_critic(*coverage_specs(image_size=16), wsa={"enabled": True, "pretrained_models": ptms})
+    evaluator = Evaluator(env, seed=3)
+    assert env.calls == 1 and evaluator.reference_names == ["greedy", "random"]
+    for _ in range(3):
+        metrics = evaluator.evaluate(agent)
+    assert env.calls == 1  # none during the evaluations
+    assert set(metrics) == {"eval/return", "eval/return_std", "eval/greedy_ratio", "eval/random_ratio"}
+
+
+def test_the_env_timer_wraps_the_env_from_outside():
+    env = CoverageEnv(num_envs=2, num_nodes=20, num_sites=3, knn_k=4)
+    timed = bench.TimedEnv(env, torch.device("cpu"))
+    timed.step(torch.zeros(2, dtype=torch.long), torch.zeros(2, 1))
+    assert timed.seconds > 0 and timed.num_envs == 2 and type(env).step is CoverageEnv.step  # nothing replaced
 
 
 def test_peak_rss_is_read():
@@ -54,7 +61,7 @@ def test_peak_rss_is_read():
 
 def test_quick_bench_in_process(tmp_path: Path):
     out = tmp_path / "bench.json"
-    report = bench.main(["--quick", "--no-memory", "--only", "arms", "greedy", "--out", str(out)])
+    report = bench.main(["--quick", "--no-memory", "--only", "arms", "gym", "mixed", "references", "--out", str(out)])
     assert json.loads(out.read_text())["ratios"] == report["ratios"]
     assert [r["arm"] for r in report["arms"]] == list(bench.ARMS)
     for r in report["arms"]:
@@ -63,7 +70,11 @@ def test_quick_bench_in_process(tmp_path: Path):
     assert by["wsa3_hybrid"]["frozen_feature_cache"] and not by["wsa3_hybrid_nocache"]["frozen_feature_cache"]
     assert by["wsa3_frozen"]["params_trainable"] < by["wsa3_hybrid"]["params_trainable"]
     assert {"hybrid_cost_vs_standard", "frozen_speedup_vs_standard", "env_share_max", "hybrid_cost_vs_standard_cpu_time"} <= set(report["verdicts"])
-    assert report["greedy_reference"]["computed_once"]
+    assert report["references"]["computed_once"]
+    assert [r["arm"] for r in report["gym"]] == ["standard", "wsa3_hybrid", "standard_gym", "wsa3_hybrid_gym"]
+    assert all(r["cost_vs_batched"] > 0 for r in report["gym"][2:])
+    assert [r["total_nodes"] for r in report["mixed_sizes"]] == list(bench.QUICK_MIXED_TOTAL_NODES)
+    assert all(r["us_per_node"] > 0 and r["max_nodes"] > r["min_nodes"] for r in report["mixed_sizes"])
     assert "synthetic weights" in report["weights"] or "real" in report["weights"]
 
 
@@ -78,7 +89,7 @@ def test_bench_cli_every_section(tmp_path: Path, fake_torch_home: Path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert "real ImageNet weights" in report["weights"]  # the fake cache is found like real files
-    for section in ("arms", "sweep_nodes", "sweep_ptms", "checkpointing", "greedy_reference"):
+    for section in ("arms", "gym", "mixed_sizes", "sweep_nodes", "sweep_ptms", "checkpointing", "references"):
         assert section in report, section
     assert [r["num_nodes"] for r in report["sweep_nodes"]] == [20, 20, 40, 40]
     assert [len(r["ptm_names"]) for r in report["sweep_ptms"]] == [1, 2]

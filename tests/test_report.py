@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from conftest import subprocess_env
 from test_tracking import MICRO
-from wsa_lab.report import build_report
+from wsa_lab.report import build_report, write_report
 from wsa_lab.report.__main__ import main as report_main
 from wsa_lab.report.analysis import BootstrapSettings
 from wsa_lab.report.runs import find_run_dirs
@@ -21,9 +22,11 @@ NAMES = ["resnet18_imagenet", "graph_cnn"]
 
 def make_run(
     root: Path, folder: str, arm: str, seed: int, greedy: float, status: str = "completed", ptms: list[str] | None = None,
-    steps: tuple[int, ...] = (64, 128),
+    steps: tuple[int, ...] = (64, 128), metric: str = "eval/greedy_ratio",
 ) -> Path:
-    """A run folder as train() leaves it: summary.json + metrics.jsonl (eval every step in `steps`)."""
+    """A run folder as train() leaves it: summary.json + metrics.jsonl (eval every step in `steps`).
+
+    `metric="eval/return"`: a run of an env without references (no eval/greedy_ratio logged)."""
     ptms = NAMES if ptms is None else ptms
     run = root / folder
     run.mkdir(parents=True)
@@ -31,6 +34,8 @@ def make_run(
     for k, step in enumerate(steps, start=1):
         frac = k / len(steps)
         record = {"global_step": step, "charts/SPS": 100.0 + seed, "eval/greedy_ratio": greedy * frac, "eval/return": 2 * greedy * frac}
+        if metric == "eval/return":
+            del record["eval/greedy_ratio"]
         if ptms:
             record.update({"wsa/attention/resnet18_imagenet": 0.5 + 0.1 * frac, "wsa/attention/graph_cnn": 0.5 - 0.1 * frac})
         records.append(record)
@@ -38,9 +43,12 @@ def make_run(
     summary = {
         "name": arm, "phase": "phase1", "seed": seed, "status": status, "ptm_names": ptms, "ptm_count": len(ptms),
         "fusion": "wsa" if ptms else None, "wsa_enabled": bool(ptms), "wall_time_s": 10.0 + seed, "global_step": steps[-1],
+        "metric": metric,
     }
     if status == "completed":
         summary.update({"eval/greedy_ratio": greedy, "eval/return": 2 * greedy, "wsa/health/verdict": "balanced"})
+        if metric == "eval/return":
+            del summary["eval/greedy_ratio"]
     if status == "failed":
         summary["error"] = "RuntimeError: CUDA out of memory"
     (run / "summary.json").write_text(json.dumps(summary))
@@ -71,6 +79,7 @@ def test_finds_runs_below_any_folder(sweep: Path, tmp_path: Path):
 def test_numbers_by_hand(sweep: Path):
     report = build_report([sweep], boot=BootstrapSettings(reps=20_000, seed=3))
     assert report.baseline == "phase1_baseline"
+    assert report.metric == "eval/greedy_ratio" and report.final_metrics == ("eval/return", "eval/greedy_ratio")
     base, wsa = report.arms["phase1_baseline"], report.arms["phase1_wsa3"]
     assert base.seeds == [0, 1, 2, 3] and wsa.seeds == [0, 1, 2, 3] and wsa.excluded == 2
     g = "eval/greedy_ratio"
@@ -126,6 +135,68 @@ def test_runs_with_the_same_name_but_other_ptms_are_split(tmp_path: Path):
         "wsa3_default [ptm=graph_cnn,resnet18_random]", "wsa3_default [ptm=resnet18_imagenet,graph_cnn]",
     ]
     assert report.notes
+
+
+def test_the_headline_metric_comes_from_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Runs of an env without references (headline eval/return): nothing about greedy is asked for or shown."""
+    for seed, g in enumerate([0.1, 0.2]):
+        make_run(tmp_path / "plain", f"a{seed}", "plain_a", seed, g, metric="eval/return")
+        make_run(tmp_path / "plain", f"b{seed}", "plain_b", seed, g + 0.5, metric="eval/return")
+    report = build_report([tmp_path / "plain"], boot=BootstrapSettings(reps=200))
+    assert report.metric == "eval/return" and report.final_metrics == ("eval/return",)
+    assert not report.excluded  # no run is left out for lacking eval/greedy_ratio
+    assert report.arms["plain_b"].final["eval/return"]["mean"].value == pytest.approx(1.3)
+    assert report.arms["plain_b"].improvement.value == pytest.approx(1.0)  # (plain_a is the first arm: baseline)
+    assert report_main([str(tmp_path / "plain"), "--reps", "200", "--no-plots"]) == 0
+    md = (tmp_path / "plain" / "report" / "report.md").read_text()
+    assert "greedy" not in md and "| eval/return IQM [95% CI] | eval/return mean [95% CI] | P(return > plain_a) |" in md
+    # Runs of two headline metrics in one report: one line naming both, suggesting --metric.
+    for seed in range(2):
+        make_run(tmp_path / "plain", f"c{seed}", "coverage", seed, 0.7)
+    capsys.readouterr()
+    assert report_main([str(tmp_path / "plain"), "--no-plots"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "eval/greedy_ratio: 2 runs" in err and "eval/return: 4 runs" in err
+    assert "--metric" in err and "Traceback" not in err
+    both = build_report([tmp_path / "plain"], metric="eval/return", boot=BootstrapSettings(reps=200))
+    assert sorted(both.arms) == ["coverage", "plain_a", "plain_b"] and not both.excluded
+    greedy = build_report([tmp_path / "plain"], metric="eval/greedy_ratio", boot=BootstrapSettings(reps=200))
+    assert {r.arm for r in greedy.excluded} == {"plain_a", "plain_b"}
+    assert all("lacks eval/greedy_ratio" in r.problem for r in greedy.excluded)
+
+
+def test_one_seed_per_arm_gives_no_probability_of_improvement(tmp_path: Path):
+    make_run(tmp_path, "base", "phase1_baseline", 0, 0.2, ptms=[])
+    make_run(tmp_path, "wsa", "phase1_wsa3", 0, 0.9)
+    report = build_report([tmp_path], boot=BootstrapSettings(reps=200))
+    wsa = report.arms["phase1_wsa3"]
+    assert wsa.improvement is None and wsa.improvement_note == "needs >= 2 seeds per arm"
+    write_report(report, tmp_path / "out", [str(tmp_path)], plots=False)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "n/a (needs >= 2 seeds per arm)" in md and "1.00" not in md.split("## Arms")[1].split("## Runs")[0]
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["arms"]["phase1_wsa3"]["improvement_over_baseline"] is None
+    assert data["arms"]["phase1_wsa3"]["improvement_note"] == "needs >= 2 seeds per arm"
+
+
+def test_a_copied_run_counts_once(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    original = sweep / "4_phase1_wsa3_seed0"
+    copy = shutil.copytree(original, tmp_path / "elsewhere" / "wsa3_seed0_copy")
+    report = build_report([sweep, copy], boot=BootstrapSettings(reps=500))
+    wsa = report.arms["phase1_wsa3"]
+    assert wsa.seeds == [0, 1, 2, 3] and wsa.excluded == 3  # the failed, the unfinished and the copy
+    (dup,) = [r for r in report.excluded if r.problem.startswith("duplicate")]
+    assert dup.path == copy.resolve()  # the run given first stays
+    assert dup.problem == f"duplicate of {original.resolve()} (same arm, seed, metrics.jsonl and summary.json)"
+    assert wsa.final["eval/greedy_ratio"]["iqm"].value == pytest.approx(0.65)  # as without the copy
+    # The same arm and seed with other numbers is a different run: counted, with a note.
+    other = make_run(tmp_path / "rerun", "wsa3_seed0_again", "phase1_wsa3", 0, 0.55)
+    report = build_report([sweep, other], boot=BootstrapSettings(reps=500))
+    assert report.arms["phase1_wsa3"].seeds == [0, 0, 1, 2, 3]
+    assert any("seed 0" in note and "all are counted" in note for note in report.notes)
+    assert report_main([str(sweep), str(copy), "--reps", "200", "--no-plots", "--out", str(tmp_path / "r")]) == 0
+    assert "duplicate of" in (tmp_path / "r" / "report.md").read_text()
+    assert "left out: " in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -40,6 +40,10 @@ def main(cfg: DictConfig) -> float:
 
 
 def entry() -> None:
+    args = sys.argv[1:]
+    # `--cfg job|hydra|all` shows the config a run would use, so resolved (e.g. the PTM list actually used)
+    if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in args) and not {"--resolve"} & set(args):
+        sys.argv.append("--resolve")
     try:
         main()
     finally:

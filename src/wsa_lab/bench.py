@@ -5,10 +5,12 @@ PPO iterations (rollout + update) round-robin over the arms: one warm-up round, 
 reporting medians. Per arm: env steps per second of the rollout, of the update and overall, the share of
 the iteration spent in the environment (step + observation + rendering), and the peak memory (CPU: peak
 RSS of a fresh subprocess running the arm; CUDA: max allocated). Then a scaling sweep over graph size and
-PTM count, gradient checkpointing on/off at a large image, and a check that the greedy reference of the
-evaluation set is computed once. Prints tables and writes everything to a JSON file.
+PTM count, gradient checkpointing on/off at a large image, the coverage env through its Gymnasium registration
+(gymnasium's vector env) next to the batched one, the cost of mixed-size graph batches against their total node
+count, and a check that the evaluation set's reference returns are computed once. Prints tables and writes
+everything to a JSON file. Timers wrap the env from outside (:class:`TimedEnv`); no production method is replaced.
 
-    python -m wsa_lab.bench                    # everything (~17 min on 2 CPU cores)
+    python -m wsa_lab.bench                    # everything (~20 min on 2 CPU cores)
     python -m wsa_lab.bench --only arms        # the five main arms only
     python -m wsa_lab.bench --profile          # + the top ops of one update per main arm
 
@@ -28,10 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -47,6 +48,15 @@ ARMS: dict[str, list[str]] = {
     "wsa3_frozen": ["experiment=phase3_hybrid", *ALL_FROZEN],
     "wsa3_frozen_nocache": ["experiment=phase3_hybrid", *ALL_FROZEN, *NO_CACHE],
 }
+# The coverage env through gymnasium's SyncVectorEnv (env=gym): the same dynamics, one instance per sub-env.
+GYM_COVERAGE = ["env=gym", "env.id=wsa_lab.envs:wsa_lab/Coverage-v0"]
+GYM_ARMS: dict[str, list[str]] = {
+    "standard_gym": ["experiment=phase1_baseline", *GYM_COVERAGE],
+    "wsa3_hybrid_gym": ["experiment=phase3_hybrid", *GYM_COVERAGE],
+}
+# Mixed-size batches: total nodes of a batch of graphs with 10..200 nodes each, degree 8.
+MIXED_TOTAL_NODES = (1600, 3200, 6400, 12800)
+QUICK_MIXED_TOTAL_NODES = (200, 400)
 SWEEP_NODES = (50, 200, 500, 2000)
 SWEEP_PTMS = (1, 2, 3, 4)
 # Sweeps and the checkpointing probe use shorter rollouts with the default minibatch size (128 samples).
@@ -58,6 +68,7 @@ QUICK = [
     "algo.num_steps=4", "algo.num_minibatches=2", "algo.update_epochs=1", "algo.total_timesteps=16",
     "evaluation.num_instances=4",
 ]
+QUICK_GYM = ["+env.kwargs.num_nodes=20", "+env.kwargs.knn_k=4", "+env.kwargs.num_sites=3"]
 QUICK_NODES, QUICK_PTMS, QUICK_IMAGE = (20, 40), (1, 2), 64
 TARGETS = {
     "hybrid_cost_vs_standard_max": 1.25,
@@ -76,7 +87,7 @@ class Arm:
     ppo: Any
     device: torch.device
     info: dict[str, Any]
-    env_time: list[float] = field(default_factory=lambda: [0.0])
+    env: TimedEnv
     samples: list[dict[str, float]] = field(default_factory=list)
     cuda_peak: int = 0
 
@@ -91,6 +102,22 @@ def compose(overrides: list[str], output_dir: str) -> Any:
         return hydra_compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
 
 
+class TimedEnv:
+    """A vector env with a stopwatch around `step` (dynamics + observation + rendering); all else is the env's."""
+
+    def __init__(self, env: Any, device: torch.device) -> None:
+        self.env, self.device, self.seconds = env, device, 0.0
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        start = _now(self.device)
+        result = self.env.step(*args, **kwargs)
+        self.seconds += _now(self.device) - start
+        return result
+
+    def __getattr__(self, name: str) -> Any:  # num_envs, device, reset, spaces, ...: the wrapped env's
+        return getattr(self.env, name)
+
+
 def build_arm(name: str, overrides: list[str], device: str, workdir: str) -> Arm:
     from wsa_lab.config import validate
     from wsa_lab.rl import PPO
@@ -101,33 +128,25 @@ def build_arm(name: str, overrides: list[str], device: str, workdir: str) -> Arm
     settings = validate(cfg)
     deterministic_kernels(settings.device, settings.deterministic)
     seed_everything(cfg.seed)
-    env = make_env(cfg, num_envs=settings.algo.num_envs, seed=cfg.seed, device=settings.device)
+    env = TimedEnv(make_env(cfg, num_envs=settings.algo.num_envs, seed=cfg.seed, device=settings.device), settings.device)
     agent = make_agent(cfg, env).to(settings.device)
-    ppo = PPO(agent, env, settings.algo)
+    ppo = PPO(agent, env, settings.algo, reset_seed=cfg.seed)
     params = list(agent.parameters())
+    env_cfg = cfg.env.get("kwargs") or cfg.env  # the coverage env's sizes, whether batched or through env=gym
+    num_nodes = int(env_cfg.get("num_nodes", 50))
     info = {
         "ptm_names": agent.ptm_names,
         "frozen_feature_cache": agent.cacheable,
-        "num_nodes": env.num_nodes,
-        "image_size": env.image_size,
+        "num_nodes": num_nodes,
+        "image_size": env_cfg.get("image_size", 32),
         "batch_size": settings.algo.batch_size,
         "minibatch_size": settings.algo.minibatch_size,
         "update_epochs": settings.algo.update_epochs,
-        "checkpointing": env.num_nodes > cfg.actor_critic.checkpoint_min_nodes,
+        "checkpointing": num_nodes > cfg.actor_critic.checkpoint_min_nodes,
         "params_total": sum(p.numel() for p in params),
         "params_trainable": sum(p.numel() for p in params if p.requires_grad),
     }
-    arm = Arm(name, overrides, ppo, settings.device, info)
-    step = env.step
-
-    def timed_step(*args: Any, **kwargs: Any) -> Any:  # env.step = dynamics + observation + rendering
-        start = _now(arm.device)
-        result = step(*args, **kwargs)
-        arm.env_time[0] += _now(arm.device) - start
-        return result
-
-    env.step = timed_step
-    return arm
+    return Arm(name, overrides, ppo, settings.device, info, env)
 
 
 def _now(device: torch.device) -> float:
@@ -141,7 +160,7 @@ def run_iteration(arm: Arm) -> dict[str, float]:
     """One PPO iteration (rollout + update) of `arm`, timed by phase."""
     if arm.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(arm.device)
-    arm.env_time[0] = 0.0
+    arm.env.seconds = 0.0
     start, cpu_start = _now(arm.device), time.process_time()
     arm.ppo.collect_rollout()
     mid, cpu_mid = _now(arm.device), time.process_time()
@@ -149,7 +168,7 @@ def run_iteration(arm: Arm) -> dict[str, float]:
     end, cpu_end = _now(arm.device), time.process_time()
     if arm.device.type == "cuda":
         arm.cuda_peak = max(arm.cuda_peak, torch.cuda.max_memory_allocated(arm.device))
-    return {"rollout_s": mid - start, "update_s": end - mid, "env_s": arm.env_time[0],
+    return {"rollout_s": mid - start, "update_s": end - mid, "env_s": arm.env.seconds,
             "rollout_cpu_s": cpu_mid - cpu_start, "update_cpu_s": cpu_end - cpu_mid}
 
 
@@ -241,51 +260,90 @@ def profile_update(arm: Arm, top: int = 15) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=top)
 
 
-@contextmanager
-def count_greedy_calls() -> Iterator[list[int]]:
-    """Count calls of the greedy reference policy (`wsa_lab.envs.policies.greedy_action`)."""
-    from wsa_lab.envs import policies
+class CountedReferences:
+    """A vector env that counts its `reference_returns()` calls (the references' cost: for coverage, greedy play)."""
 
-    calls = [0]
-    original = policies.greedy_action
+    def __init__(self, env: Any) -> None:
+        self.env, self.calls = env, 0
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        return original(*args, **kwargs)
+    def reference_returns(self) -> Any:
+        self.calls += 1
+        return self.env.reference_returns()
 
-    policies.greedy_action = counting
-    try:
-        yield calls
-    finally:
-        policies.greedy_action = original
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
 
 
-def greedy_reference_check(arm: Arm, overrides: list[str], workdir: str, evaluations: int = 3) -> dict[str, Any]:
-    """Build the run's Evaluator and evaluate several times: the greedy policy runs only at construction."""
+def reference_check(arm: Arm, overrides: list[str], workdir: str, evaluations: int = 3) -> dict[str, Any]:
+    """Build the run's Evaluator and evaluate several times: the references are computed only at construction."""
     from wsa_lab.config import validate
     from wsa_lab.rl import Evaluator
     from wsa_lab.train import make_env
 
     cfg = compose([*overrides, f"device={arm.device}"], os.path.join(workdir, "evaluator"))
     ev = validate(cfg).evaluation
-    with count_greedy_calls() as calls:
-        start = time.perf_counter()
-        env = make_env(cfg, num_envs=ev.num_instances, seed=ev.seed, device=arm.device, autoreset=False)
-        evaluator = Evaluator(env, ev.seed, ev.radius_grid)
-        build_s = time.perf_counter() - start
-        after_build = calls[0]
-        start = time.perf_counter()
-        for _ in range(evaluations):
-            evaluator.evaluate(arm.ppo.agent)
-        evaluate_s = (time.perf_counter() - start) / evaluations
+    start = time.perf_counter()
+    env = CountedReferences(make_env(cfg, num_envs=ev.num_instances, seed=ev.seed, device=arm.device))
+    evaluator = Evaluator(env, ev.seed, ev.metric)
+    build_s = time.perf_counter() - start
+    after_build = env.calls
+    start = time.perf_counter()
+    for _ in range(evaluations):
+        evaluator.evaluate(arm.ppo.agent)
+    evaluate_s = (time.perf_counter() - start) / evaluations
     return {
-        "greedy_calls_at_construction": after_build,
-        "greedy_calls_during_evaluations": calls[0] - after_build,
+        "reference_calls_at_construction": after_build,
+        "reference_calls_during_evaluations": env.calls - after_build,
+        "references": evaluator.reference_names,
         "evaluations": evaluations,
         "evaluator_build_s": build_s,
         "evaluate_s": evaluate_s,
-        "computed_once": after_build > 0 and calls[0] == after_build,
+        "computed_once": after_build == 1 and env.calls == after_build,
     }
+
+
+def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Forward + backward of a graph-PTM actor-critic on batches of graphs of mixed sizes (10..200 nodes, degree
+    8): time per batch against its total node count (flat batches: the cost should grow linearly)."""
+    from wsa_lab.contract import GraphBatch, action_spec, observation_spec
+    from wsa_lab.envs import coverage_spaces
+    from wsa_lab.models import build_actor_critic
+
+    obs_space, act_space = coverage_spaces(200, 32)
+    ptms = [{"name": "graph_cnn", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
+    torch.manual_seed(0)
+    agent = build_actor_critic(observation_spec(obs_space), action_spec(act_space),
+                               wsa={"enabled": True, "pretrained_models": ptms}).to(device)
+    rows = []
+    for total in totals:
+        gen = torch.Generator().manual_seed(total)
+        sizes: list[int] = []
+        while sum(sizes) < total:
+            sizes.append(min(int(torch.randint(10, 201, (1,), generator=gen)), total - sum(sizes)))
+        sizes = [n for n in sizes if n > 8] or [total]
+        counts = torch.tensor(sizes)
+        ptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        num_nodes = int(ptr[-1])
+        graph_of = torch.repeat_interleave(torch.arange(len(sizes)), counts)
+        # each node receives 8 edges from random nodes of its own graph (grouped by target)
+        src = (ptr[graph_of].unsqueeze(1) + (torch.rand(num_nodes, 8, generator=gen) * counts[graph_of].unsqueeze(1)).long())
+        dst = torch.arange(num_nodes).unsqueeze(1).expand(-1, 8)
+        batch = GraphBatch(
+            x=torch.rand(num_nodes, 6, generator=gen), edge_index=torch.stack([src.reshape(-1), dst.reshape(-1)]),
+            ptr=ptr, edge_ptr=ptr * 8, action_mask=torch.ones(num_nodes, dtype=torch.bool),
+            edge_attr=torch.rand(num_nodes * 8, 1, generator=gen), positions=torch.rand(num_nodes, 2, generator=gen),
+        ).to(device)
+        times = []
+        for _ in range(repeats + 1):  # the first is a warm-up
+            start = _now(torch.device(device))
+            out = agent.get_action_and_value(batch)
+            (out.log_prob.sum() + out.value.sum()).backward()
+            times.append(_now(torch.device(device)) - start)
+        seconds = statistics.median(times[1:])
+        rows.append({"total_nodes": num_nodes, "graphs": len(sizes), "min_nodes": min(sizes), "max_nodes": max(sizes),
+                     "seconds": seconds, "us_per_node": 1e6 * seconds / num_nodes})
+        log(f"  mixed sizes: {num_nodes} nodes in {len(sizes)} graphs: {seconds * 1e3:.1f} ms")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -303,12 +361,16 @@ def weights_dir_for(mode: str, workdir: str) -> tuple[str | None, str]:
         except WeightsNotFoundError:
             if mode == "real":
                 raise
+    from wsa_lab.models.weights import ALLOW_UNVERIFIED_ENV
+
     folder = Path(workdir) / "synthetic_weights"
     folder.mkdir(parents=True, exist_ok=True)
+    # stand-ins do not match torchvision's checksums: the loud opt-out (inherited by the memory subprocesses)
+    os.environ[ALLOW_UNVERIFIED_ENV] = "1"
     for model_type in needed:
         torch.manual_seed(0)
         torch.save(RESNETS[model_type].builder(weights=None).state_dict(), folder / weights_file_name(model_type))
-    return str(folder), "synthetic weights (ImageNet files absent; same shapes, so the same cost)"
+    return str(folder), f"synthetic weights (ImageNet files absent; same shapes, so the same cost; {ALLOW_UNVERIFIED_ENV}=1)"
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -379,8 +441,8 @@ def machine_info(device: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m wsa_lab.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", choices=["arms", "nodes", "ptms", "checkpoint", "greedy"],
-                        default=["arms", "nodes", "ptms", "checkpoint", "greedy"], help="sections to run")
+    sections = ["arms", "gym", "mixed", "nodes", "ptms", "checkpoint", "references"]
+    parser.add_argument("--only", nargs="+", choices=sections, default=sections, help="sections to run")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds of the main arms (median); default 5")
     parser.add_argument("--sweep-repeats", type=int, default=None, help="timed rounds of the sweeps; default 3")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds before the timed ones; default 1")
@@ -457,10 +519,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["sweep_ptms"] = run_group("PTM-count sweep", configs, args.sweep_repeats)
         if "checkpoint" in args.only:
             report["checkpointing"] = checkpoint_section(args, common, image, memory, workdir, log)
-        if "greedy" in args.only:
+        if "gym" in args.only:
+            # the same arms through gymnasium's vector env, measured together with their batched twins
+            gym_common = [o for o in common if not o.startswith("env.")] + (QUICK_GYM if args.quick else [])
+            configs = {name: [*ARMS[name.removesuffix("_gym")]] for name in GYM_ARMS}
+            log(f"coverage env through Gymnasium: building {2 * len(configs)} configurations")
+            arms = [build_arm(name, [*common, *ov], args.device, workdir) for name, ov in configs.items()]
+            arms += [build_arm(name, [*gym_common, *ov], args.device, workdir) for name, ov in GYM_ARMS.items()]
+            rows = measure(arms, args.warmup, args.sweep_repeats, log, args.stat)
+            by = {r["arm"]: r for r in rows}
+            for name in GYM_ARMS:
+                by[name]["cost_vs_batched"] = by[name]["iteration_s"] / by[name.removesuffix("_gym")]["iteration_s"]
+            report["gym"] = rows
+        if "mixed" in args.only:
+            totals = QUICK_MIXED_TOTAL_NODES if args.quick else MIXED_TOTAL_NODES
+            report["mixed_sizes"] = mixed_size_section(totals, args.sweep_repeats, args.device, log)
+        if "references" in args.only:
             overrides = [*common, *ARMS["wsa3_hybrid"]]
-            arm = build_arm("greedy", overrides, args.device, workdir)
-            report["greedy_reference"] = greedy_reference_check(arm, overrides, workdir)
+            arm = build_arm("references", overrides, args.device, workdir)
+            report["references"] = reference_check(arm, overrides, workdir)
     text = render(report)
     print(text)
     write_text_atomic(args.out, json.dumps(report, indent=2, default=str))
@@ -548,11 +625,22 @@ def render(report: dict[str, Any]) -> str:
                 ("CUDA MiB", "cuda_max_allocated_mib", ".0f"), ("update s (one run)", "update_s", ".2f"),
                 ("max |grad diff| vs off", "grad_max_abs_diff", ".1e")]
         out += ["## Gradient checkpointing (one update epoch of 128 samples)", "", table(report["checkpointing"], cols), ""]
-    if "greedy_reference" in report:
-        g = report["greedy_reference"]
-        out += ["## Greedy reference", "",
-                f"greedy policy calls: {g['greedy_calls_at_construction']} when the Evaluator is built, "
-                f"{g['greedy_calls_during_evaluations']} during {g['evaluations']} evaluations "
+    if "gym" in report:
+        cols = [("config", "arm", ""), ("rollout SPS", "sps_rollout", ".0f"), ("update SPS", "sps_update", ".0f"),
+                ("overall SPS", "sps_overall", ".0f"), ("s / iteration", "iteration_s", ".2f"),
+                ("cost vs batched", "cost_vs_batched", ".2f"), ("env share", "env_share", ".1%")]
+        out += ["## Coverage env: batched vs through its Gymnasium registration (SyncVectorEnv)", "",
+                table(report["gym"], cols), ""]
+    if "mixed_sizes" in report:
+        cols = [("total nodes", "total_nodes", "d"), ("graphs", "graphs", "d"), ("nodes per graph", "sizes", ""),
+                ("forward+backward ms", "ms", ".1f"), ("us per node", "us_per_node", ".2f")]
+        rows = [{**r, "sizes": f"{r['min_nodes']}..{r['max_nodes']}", "ms": 1e3 * r["seconds"]} for r in report["mixed_sizes"]]
+        out += ["## Mixed-size graph batches (graph_cnn WSA actor-critic, forward + backward)", "", table(rows, cols), ""]
+    if "references" in report:
+        g = report["references"]
+        out += ["## Reference returns of the evaluation set", "",
+                f"reference_returns() calls ({', '.join(g['references'])}): {g['reference_calls_at_construction']} when "
+                f"the Evaluator is built, {g['reference_calls_during_evaluations']} during {g['evaluations']} evaluations "
                 f"(computed once: {g['computed_once']}); build {g['evaluator_build_s']:.2f} s, "
                 f"one evaluation {g['evaluate_s']:.2f} s", ""]
     for name, prof in report.get("profiles", {}).items():

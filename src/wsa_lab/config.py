@@ -10,9 +10,10 @@ from typing import Any, Callable, Optional
 
 import torch
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wsa_lab.errors import ConfigError
+from wsa_lab.guard import check_name, check_secrets
 from wsa_lab.models import build_actor_critic
 from wsa_lab.rl.config import PPOConfig
 from wsa_lab.schema import structured, unknown_key_error
@@ -32,10 +33,14 @@ def config_dir() -> Path:
     raise ConfigError(f"cannot find wsa_lab's conf/ folder next to {here}; reinstall with `pip install -e .`")
 
 
-def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> list[dict[str, Any]]:
-    """`${wsa_lab.ptm_list:${ptm},${ptm_count}}`: the `ptm` group's entries in order, the first `count` if set."""
+def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> ListConfig:
+    """`${wsa_lab.ptm_list:${ptm},${ptm_count}}`: the `ptm` group's entries in order, the first `count` if set.
+
+    A ListConfig, not a list: `OmegaConf.resolve` (what `--cfg job --resolve` runs) can only put a config
+    node in place of the interpolation.
+    """
     entries = list(OmegaConf.to_container(pool, resolve=True).values()) if isinstance(pool, DictConfig) else list((pool or {}).values())
-    return entries if count is None else entries[: int(count)]
+    return OmegaConf.create(entries if count is None else entries[: int(count)])
 
 
 def register_resolvers() -> None:
@@ -108,6 +113,8 @@ def validate(cfg: DictConfig) -> RunSettings:
     for key in cfg:
         if key not in ROOT_KEYS:
             raise unknown_key_error(key, list(ROOT_KEYS), "config")
+    check_secrets(cfg)  # the CLI refuses them before Hydra writes anything (wsa_lab.guard); train(cfg) here
+    check_name(cfg.name)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {cfg.seed!r}")
     for flag in ("resume", "deterministic"):

@@ -23,3 +23,33 @@ class EnvContractError(ConfigError):
 
 class EnvError(WsaLabError):
     """A user's env misbehaved while training (raised, returned NaN, or an observation outside its space)."""
+
+
+class RunFolderBusyError(WsaLabError):
+    """Another live wsa_lab process holds the run folder's lock (`<run dir>/.lock`, see `wsa_lab.runlock`)."""
+
+    def __init__(self, message: str, folder: str = "", holder: dict | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.holder = dict(holder or {})
+
+    def __reduce__(self):  # pickles (a submitit job's result) with its fields
+        return (type(self), (str(self), self.folder, self.holder))
+
+
+class OutputFolderError(WsaLabError, OSError):
+    """A file of a run or sweep folder cannot be written: disk full, quota, read-only file system, permissions.
+
+    Also an `OSError` (with the original `errno` and `filename`), so code that tolerates unwritable files
+    (`except OSError`) keeps doing so; its message is one line that says what to do.
+    """
+
+    def __init__(self, message: str, errno: int | None = None, filename: str | None = None) -> None:
+        OSError.__init__(self, errno, message, filename)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.errno, self.filename))

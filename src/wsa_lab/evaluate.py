@@ -1,12 +1,14 @@
 """`python -m wsa_lab.evaluate <run or sweep folders> [key=value ...]`: evaluate trained agents on a suite.
 
 Each run's agent is rebuilt from its `resolved_config.yaml` and `checkpoints/last.pt`, then plays every
-condition of the suite (`eval_env=<name>`, `conf/eval_env/`) twice: greedy (the deterministic policy: most
-likely node, mean radius) and stochastic (sampled actions, `episodes` per instance). Both are reported as
-a fraction of the one-step greedy reference (`greedy_ratio`, as `eval/greedy_ratio` in training), next to
-the random policy's. A condition's instances and references are computed once per evaluation and shared
-by every run. Outputs: `eval_<suite>.json` in each run folder, and a Markdown table across runs (grouped
-by arm, statistics over seeds) printed and written to `eval_<suite>.md` next to the inputs.
+condition of the suite (`eval_env=<name>`, `conf/eval_env/`; a condition changes the run's env config, any env
+of the graph env contract) on the held-out episodes the condition's env starts from `reset(seed)`:
+deterministic (most likely node, continuous mean) once, and stochastic (sampled actions) `episodes` times.
+Next to the returns come the env's reference policies, when it has them (`<ref>_return`, and the agent's
+return as a fraction of each: `<ref>_ratio`, as `eval/<ref>_ratio` in training). A condition's env and
+references are computed once per evaluation and shared by every run. Outputs: `eval_<suite>.json` in each
+run folder, and a Markdown table across runs of each run's headline metric (grouped by arm, statistics over
+seeds) printed and written to `eval_<suite>.md` next to the inputs.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import math
 import os
 import pickle
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -30,12 +34,13 @@ from omegaconf.errors import OmegaConfBaseException
 from wsa_lab import stats
 from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.config import config_dir, resolve_device
+from wsa_lab.contract import ActionSpec, ObservationSpec, ratio_to_reference, specs
 from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
 from wsa_lab.models.weights import weights_from_checkpoint
-from wsa_lab.rl.evaluation import play
+from wsa_lab.rl.evaluation import headline_metric, play
 from wsa_lab.schema import structured, unknown_key_error
 from wsa_lab.seeding import deterministic_kernels
 from wsa_lab.train import make_agent, make_env
@@ -43,6 +48,11 @@ from wsa_lab.train import make_agent, make_env
 CONFIG_NAME = "evaluate"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 RUN_MARKERS = ("summary.json", "resolved_config.yaml", str(CHECKPOINT))
+#: Settings that were removed, and where their job went.
+MOVED_SETTINGS = {
+    "radius_grid": "the greedy radius grid is the coverage env's greedy_radius_grid now: pass "
+    "+env.greedy_radius_grid=R (every condition) or set it in a condition's env",
+}
 
 
 @dataclass
@@ -52,7 +62,7 @@ class EvaluateSettings:
     num_instances: int = 32
     episodes: int = 4
     seed: int = 2027
-    radius_grid: Optional[int] = None
+    env: dict = field(default_factory=dict)
     device: str = "auto"
     deterministic: bool = True
     table: Optional[str] = None
@@ -61,10 +71,11 @@ class EvaluateSettings:
 
 @dataclass
 class SuiteConfig:
-    """`conf/eval_env/<suite>.yaml`: a name and its conditions (see wsa_lab.envs.suites)."""
+    """`conf/eval_env/<suite>.yaml`: a name, its conditions (see wsa_lab.envs.suites) and the table's env columns."""
 
     name: str
     conditions: dict = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)  # column title -> env key (dotted) shown per condition
 
 
 @dataclass
@@ -89,6 +100,8 @@ def compose_settings(overrides: Sequence[str] = ()) -> tuple[EvaluateSettings, S
         if not sep and not key.startswith("~"):
             raise ConfigError(f"expected key=value (or ~key), got {item!r}")
         top = key.lstrip("+~").split(".")[0]
+        if top in MOVED_SETTINGS:
+            raise ConfigError(f"{top} was removed: {MOVED_SETTINGS[top]}")
         if top not in keys:
             raise unknown_key_error(top, keys, "evaluate")
         if key == "eval_env" and value not in suites:
@@ -104,8 +117,6 @@ def compose_settings(overrides: Sequence[str] = ()) -> tuple[EvaluateSettings, S
     for name in ("num_instances", "episodes", "bootstrap_reps"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(settings, name)}")
-    if settings.radius_grid is not None and settings.radius_grid < 1:
-        raise ConfigError(f"radius_grid must be >= 1 or null, got {settings.radius_grid}")
     return settings, suite
 
 
@@ -148,15 +159,59 @@ def find_runs(paths: Sequence[str | Path], warn: Callable[[str], None] = lambda 
     return unique
 
 
+def _first_line(exc: BaseException) -> str:
+    """A parse error in one line: ``<problem> at line L, column C`` for YAML, else the message's first line."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_run_files(path: Path) -> tuple[DictConfig, dict[str, Any]]:
+    """A run folder's `resolved_config.yaml` (a mapping with an `env`) and `summary.json` (`{}` when absent);
+    anything unreadable is a one-line ConfigError naming the folder and the file."""
+    resolved = path / "resolved_config.yaml"
+    if not resolved.is_file():
+        raise ConfigError(f"{path}: no resolved_config.yaml (written by wsa_lab at the start of each run)")
+    try:
+        cfg = OmegaConf.load(resolved)
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{path}: resolved_config.yaml is not readable YAML ({_first_line(exc)})") from exc
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: resolved_config.yaml is not readable YAML (a list, not a mapping)")
+    if not isinstance(cfg.get("env"), DictConfig):
+        raise ConfigError(f"{path}: resolved_config.yaml is not a run's config (no env section)")
+    summary_file = path / "summary.json"
+    summary: Any = {}
+    if summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: summary.json is not readable JSON ({_first_line(exc)})") from exc
+        if not isinstance(summary, dict):
+            raise ConfigError(f"{path}: summary.json is not readable JSON (a {type(summary).__name__}, not an object)")
+    return cfg, summary
+
+
+def declared_metric(cfg: DictConfig, summary: dict[str, Any]) -> Optional[str]:
+    """The run's headline metric: its summary's `metric`, else its config's `evaluation.metric`; None = the default
+    from its env's references (:func:`~wsa_lab.rl.evaluation.headline_metric`)."""
+    return summary.get("metric") or (cfg.get("evaluation") or {}).get("metric")
+
+
 @dataclass
 class LoadedRun:
-    """A trained run: its folder, resolved config, summary and rebuilt agent (eval mode)."""
+    """A trained run: its folder, resolved config, summary, rebuilt agent (eval mode) and its training env's specs."""
 
     path: Path
     cfg: DictConfig
     summary: dict[str, Any]
     agent: ActorCritic
     global_step: Optional[int]
+    specs: tuple[ObservationSpec, ActionSpec]
 
     @property
     def arm(self) -> str:
@@ -166,18 +221,27 @@ class LoadedRun:
     def seed(self) -> Any:
         return self.summary.get("seed", self.cfg.get("seed"))
 
+    @property
+    def metric(self) -> Optional[str]:
+        return declared_metric(self.cfg, self.summary)
+
+
+def _close(env: Any) -> None:
+    close = getattr(env, "close", None)  # Gymnasium vector envs hold resources (async ones: worker processes)
+    if close is not None:
+        close()
+
 
 def load_run(path: Path, device: torch.device) -> LoadedRun:
     """Rebuild a run's agent from `resolved_config.yaml` and load `checkpoints/last.pt` into it."""
-    resolved = path / "resolved_config.yaml"
-    if not resolved.is_file():
-        raise ConfigError(f"{path}: no resolved_config.yaml (written by wsa_lab at the start of each run)")
-    cfg = OmegaConf.load(resolved)
-    summary_file = path / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    env = make_env(cfg, num_envs=1, seed=0, device=device, autoreset=False)
-    with weights_from_checkpoint():  # the checkpoint holds the ImageNet backbones too: no weight file needed
-        agent = make_agent(cfg, env).to(device)
+    cfg, summary = read_run_files(path)
+    env = make_env(cfg, num_envs=1, seed=0, device=device)  # only to size the agent from its spaces
+    try:
+        trained_specs = specs(env)
+        with weights_from_checkpoint():  # the checkpoint holds the ImageNet backbones too: no weight file needed
+            agent = make_agent(cfg, env).to(device)
+    finally:
+        _close(env)
     try:
         state = load_checkpoint(path / CHECKPOINT, map_location=device)
         agent.load_state_dict(state["agent"], strict=True)
@@ -185,39 +249,110 @@ def load_run(path: Path, device: torch.device) -> LoadedRun:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WsaLabError(f"{path / CHECKPOINT}: cannot load the agent from it ({first})") from exc
     agent.eval()
-    return LoadedRun(path, cfg, summary, agent, state.get("global_step"))
+    return LoadedRun(path, cfg, summary, agent, state.get("global_step"), trained_specs)
+
+
+def check_one_metric(metrics: dict[str, Optional[str]]) -> Optional[str]:
+    """The one headline metric of `metrics` (path -> metric; None entries are not counted), or a one-line
+    ConfigError when they differ: one table cannot average fractions of a reference with raw returns."""
+    counts = Counter(m for m in metrics.values() if m is not None)
+    if len(counts) > 1:
+        listed = ", ".join(f"{m}: {n} run{'s' if n > 1 else ''}" for m, n in counts.items())
+        raise ConfigError(
+            f"the runs have different headline metrics ({listed}); evaluate them separately (one table per metric)"
+        )
+    return next(iter(counts), None)
 
 
 # ---------------------------------------------------------------------------------------------- playing
-def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, device: torch.device) -> dict[str, Any]:
-    """The agent's greedy and stochastic returns on a prepared condition, with the references and ratios."""
-    env = prepared.condition.make_env(prepared.num_instances, seed=seed, device=device)
-    deterministic = play(agent, env, prepared.instances, deterministic=True).cpu()
+def metric_key(metric: str) -> str:
+    """The per-condition JSON key of a headline metric: `eval/<ref>_ratio` -> `<ref>_ratio`, `eval/return` -> `return`."""
+    return metric.removeprefix("eval/")
+
+
+def _std(x: torch.Tensor) -> float:
+    return x.std().item() if x.numel() > 1 else 0.0
+
+
+def sampled_returns(agent: ActorCritic, prepared: PreparedCondition, seed: int, episodes: int) -> torch.Tensor:
+    """Returns of the stochastic policy on the condition's held-out episodes, `episodes` times.
+
+    Episode e samples its actions after `torch.manual_seed(seed + e)` inside `torch.random.fork_rng`: the numbers
+    reproduce and the caller's global RNG is untouched.
+
+    Shapes:
+        - output: ``(episodes * B,)`` on the CPU, episode 0's B returns first
+    """
+    device = prepared.env.device
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # sampled actions: reproducible, global RNG left untouched
-        torch.manual_seed(seed)
-        stochastic = play(agent, env, prepared.repeated_instances(), deterministic=False).cpu()
-    greedy_ref, random_ref = prepared.greedy_return, prepared.random_return
+    out = []
+    for episode in range(episodes):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + episode)
+            out.append(play(agent, prepared.env, seed, deterministic=False).cpu())
+    return torch.cat(out)
 
-    def std(x: torch.Tensor) -> float:
-        return x.std().item() if x.numel() > 1 else 0.0
 
-    def ratio(value: float) -> float:  # fraction of the greedy reference (nan if the reference is 0)
-        return value / greedy_ref if greedy_ref != 0 else float("nan")
+def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, episodes: int) -> dict[str, Any]:
+    """The agent's deterministic and stochastic returns on a prepared condition, with the references and ratios.
 
+    Keys: the condition's description, `num_instances`, `episodes`, `references` (names), `return`,
+    `return_std`, `<ref>_ratio`, `stochastic_return`, `stochastic_return_std`, `stochastic_<ref>_ratio`,
+    `<ref>_return` and `<other>_<first>_ratio` (each other reference as a fraction of the first).
+    """
+    evaluator = prepared.evaluator
+    deterministic = evaluator.evaluate(agent)  # eval/return, eval/return_std, eval/<ref>_ratio
+    stochastic = sampled_returns(agent, prepared, seed, episodes)
+    mean = stochastic.mean().item()
     return {
         **prepared.condition.describe(),
         "num_instances": prepared.num_instances,
-        "episodes": prepared.episodes,
-        "return": deterministic.mean().item(),
-        "return_std": std(deterministic),
-        "greedy_ratio": ratio(deterministic.mean().item()),
-        "stochastic_return": stochastic.mean().item(),
-        "stochastic_return_std": std(stochastic),
-        "stochastic_greedy_ratio": ratio(stochastic.mean().item()),
-        "greedy_return": greedy_ref,
-        "random_return": random_ref,
-        "random_greedy_ratio": ratio(random_ref),
+        "episodes": episodes,
+        "references": prepared.reference_names,
+        **{metric_key(k): v for k, v in deterministic.items()},
+        "stochastic_return": mean,
+        "stochastic_return_std": _std(stochastic),
+        **{f"stochastic_{n}_ratio": ratio_to_reference(mean, r) for n, r in evaluator.reference_returns.items()},
+        **{k.removeprefix("reference/"): v for k, v in evaluator.reference.items()},
+    }
+
+
+def _check_metric(metric: str, prepared: PreparedCondition, run: LoadedRun) -> None:
+    if metric not in prepared.evaluator.metrics:
+        raise ConfigError(
+            f"{run.path}: its headline metric {metric} is not measured on eval_env condition {prepared.condition.name!r} "
+            f"(its env has {', '.join(prepared.evaluator.metrics)})"
+        )
+
+
+def evaluate_run(
+    run: LoadedRun, suite: SuiteConfig, settings: EvaluateSettings, device: torch.device,
+    cache: dict[str, PreparedCondition],
+) -> dict[str, Any]:
+    """One run on every condition of the suite (conditions prepared on first use, into `cache`)."""
+    per_condition: dict[str, Any] = {}
+    metric = run.metric
+    for condition in build_conditions(suite.conditions, run.cfg.env, settings.env):
+        key = condition_key(condition, num_instances=settings.num_instances, seed=settings.seed, device=str(device))
+        if key not in cache:
+            cache[key] = prepare_condition(condition, settings.num_instances, settings.seed, device)
+        prepared = cache[key]
+        prepared.check_agent(run.specs)
+        metric = metric or headline_metric(prepared.reference_names)
+        _check_metric(metric, prepared, run)
+        per_condition[condition.name] = evaluate_agent(run.agent, prepared, settings.seed, settings.episodes)
+    return {
+        "suite": suite.name,
+        "metric": metric,
+        "run": {
+            "path": str(run.path), "name": run.arm, "phase": run.summary.get("phase"), "seed": run.seed,
+            "status": run.summary.get("status"), "global_step": run.global_step, "env": run.summary.get("env"),
+        },
+        "settings": {
+            "num_instances": settings.num_instances, "episodes": settings.episodes, "seed": settings.seed,
+            "env": settings.env, "device": str(device),
+        },
+        "conditions": per_condition,
     }
 
 
@@ -229,43 +364,25 @@ def evaluate_runs(
     device = resolve_device(settings.device)
     deterministic_kernels(device, settings.deterministic)
     run_paths = find_runs(paths, warn=log)
-    cache: dict[str, PreparedCondition] = {}  # condition -> instances + references, shared by the runs
+    # Before any agent plays: every run's files are readable and their declared headline metrics agree.
+    check_one_metric({str(p): declared_metric(*read_run_files(p)) for p in run_paths})
+    cache: dict[str, PreparedCondition] = {}  # condition -> its env and references, shared by the runs
     results = []
-    for i, path in enumerate(run_paths, 1):
-        run = load_run(path, device)
-        status = run.summary.get("status")
-        if status not in (None, "completed"):
-            log(f"warning: {path} has status {status!r}: evaluated, but not averaged into the table")
-        log(f"[{i}/{len(run_paths)}] {run.arm} seed {run.seed}: {path}")
-        radius_grid = settings.radius_grid or int(run.cfg.get("evaluation", {}).get("radius_grid", 11))
-        conditions = build_conditions(suite.conditions, run.cfg.env)
-        per_condition = {}
-        for condition in conditions:
-            key = condition_key(
-                condition, num_instances=settings.num_instances, episodes=settings.episodes,
-                seed=settings.seed, radius_grid=radius_grid, device=str(device),
-            )
-            if key not in cache:
-                cache[key] = prepare_condition(
-                    condition, settings.num_instances, settings.episodes, settings.seed, radius_grid, device
-                )
-            per_condition[condition.name] = evaluate_agent(run.agent, cache[key], settings.seed, device)
-        result = {
-            "suite": suite.name,
-            "run": {
-                "path": str(path), "name": run.arm, "phase": run.summary.get("phase"), "seed": run.seed,
-                "status": status, "global_step": run.global_step,
-            },
-            "settings": {
-                "num_instances": settings.num_instances, "episodes": settings.episodes, "seed": settings.seed,
-                "radius_grid": radius_grid, "device": str(device),
-            },
-            "conditions": per_condition,
-        }
-        write_text_atomic(path / f"eval_{suite.name}.json", json.dumps(result, indent=2) + "\n")
-        results.append(result)
-        del run
-    table = format_table(suite.name, results, settings)
+    try:
+        for i, path in enumerate(run_paths, 1):
+            run = load_run(path, device)
+            status = run.summary.get("status")
+            if status not in (None, "completed"):
+                log(f"warning: {path} has status {status!r}: evaluated, but not averaged into the table")
+            log(f"[{i}/{len(run_paths)}] {run.arm} seed {run.seed}: {path}")
+            result = evaluate_run(run, suite, settings, device, cache)
+            write_text_atomic(path / f"eval_{suite.name}.json", json.dumps(result, indent=2) + "\n")
+            results.append(result)
+            del run
+    finally:
+        for prepared in cache.values():
+            prepared.close()
+    table = format_table(suite.name, results, settings, suite.columns)
     table_path = Path(settings.table) if settings.table else default_table_path(paths, suite.name)
     table_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(table_path, table)
@@ -289,8 +406,10 @@ def _group_by_arm(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
     return arms
 
 
-def _fmt(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
 def _cell(estimate: stats.Estimate) -> str:
@@ -304,11 +423,69 @@ def _same_or_varies(values: list[Any], fmt: Callable[[Any], str] = str) -> str:
     return fmt(distinct[0]) if len(distinct) == 1 else "varies"
 
 
-def format_table(suite: str, results: list[dict[str, Any]], settings: EvaluateSettings) -> str:
-    """Markdown: one row per condition, per arm the greedy and stochastic greedy_ratio over seeds.
+def _lookup(env: dict[str, Any], dotted: str) -> Any:
+    """`env["kwargs"]["num_jobs"]` for `kwargs.num_jobs`; None when absent."""
+    node: Any = env
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
+
+def _changed(cell: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in cell.get("changed", {}).items()) or "-"
+
+
+def _description_columns(cells: list[dict[str, Any]], columns: dict[str, str]) -> list[tuple[str, Callable[[dict], Any]]]:
+    """The table's env columns: the suite's `columns` that the envs have, else what each condition changes."""
+    present = [(title, key) for title, key in columns.items() if any(_lookup(c["env"], key) is not None for c in cells)]
+    if present:
+        return [(title, lambda c, key=key: _lookup(c["env"], key)) for title, key in present]
+    return [("changed", _changed)]
+
+
+def _reference_columns(cells: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict], Any]]]:
+    """The first reference's return, then each other reference as a fraction of the first."""
+    names = list(cells[0].get("references", []))
+    if not names:
+        return []
+    first = names[0]
+    out = [(f"{first} ref. return", lambda c: round(c[f"{first}_return"], 6))]
+    out += [(name, lambda c, name=name: round(c[f"{name}_{first}_ratio"], 6)) for name in names[1:]]
+    return out
+
+
+def _legend(metric: str, settings: EvaluateSettings, reps: int) -> str:
+    key = metric_key(metric)
+    if key == "return":
+        what = "the agent's mean episode return"
+    else:
+        ref = key.removesuffix("_ratio")
+        what = (
+            f"`{key}` = the agent's return as a fraction of the `{ref}` reference's on the same episodes "
+            "(wsa_lab.contract.ratio_to_reference: 1 = as good, higher = better)"
+        )
+    return (
+        f"Cells: {what}, mean over seeds [95% percentile-bootstrap CI over seeds, {reps} resamples, seed 0]. "
+        "deterministic = most likely node (and the continuous action's mean); "
+        f"stochastic = sampled actions ({settings.episodes} plays of every held-out episode). Each condition plays "
+        f"the episodes its env starts from reset(seed={settings.seed}): {settings.num_instances} envs unless the "
+        "condition fixes fewer (e.g. a city)."
+    )
+
+
+def format_table(
+    suite: str, results: list[dict[str, Any]], settings: EvaluateSettings, columns: Optional[dict[str, str]] = None
+) -> str:
+    """Markdown: one row per condition, per arm the deterministic and stochastic headline metric over seeds.
+
+    The headline metric is each result's `metric` (one for all; different ones are a ConfigError). `columns`
+    (title -> dotted env key) are shown per condition when the envs have them, else what each condition changes.
     As in the report (`wsa_lab.report`), runs whose status is not `completed` are listed, never averaged in.
     """
+    metrics = {r["run"].get("path", str(i)): r.get("metric") for i, r in enumerate(results)}
+    metric = check_one_metric(metrics) or "eval/return"
     unfinished = [r for r in results if r["run"].get("status") not in (None, "completed")]
     results = [r for r in results if r not in unfinished]
     skipped = [f"- not averaged in: {r['run'].get('path')} (status {r['run'].get('status')!r})" for r in unfinished]
@@ -317,55 +494,58 @@ def format_table(suite: str, results: list[dict[str, Any]], settings: EvaluateSe
     arms = _group_by_arm(results)
     conditions = list(results[0]["conditions"])
     reps = settings.bootstrap_reps
+    key = metric_key(metric)
+    keys = (key, f"stochastic_{key}")
     lines = [
         f"# Evaluation suite `{suite}`",
         "",
-        "Cells: fraction of greedy = agent return / one-step greedy reference return on the same instances, "
-        "mean over seeds [95% percentile-bootstrap CI over seeds, "
-        f"{reps} resamples, seed 0]. deterministic = the agent's greedy policy (most likely node, mean radius); "
-        f"stochastic = sampled actions ({settings.episodes} episodes per instance). "
-        f"Generated conditions: {settings.num_instances} instances from seed {settings.seed}; a city condition "
-        "is one instance.",
+        _legend(metric, settings, reps),
         "",
         "Runs: " + "; ".join(
             f"{arm}: {len(rs)} (seeds {', '.join(str(r['run']['seed']) for r in rs)})" for arm, rs in arms.items()
         ),
         "",
     ]
-    header = ["condition", "N", "K", "greedy ref. return", "random"]
+    first_cells = [r["conditions"][conditions[0]] for r in results]
+    references = _reference_columns(first_cells)
+    described = _description_columns(first_cells, columns or {}) + references
+    if len(references) > 1:
+        first = first_cells[0]["references"][0]
+        lines[-2:-2] = [f"`{first} ref. return`: the `{first}` reference's mean return; each other reference column: "
+                        f"that reference's return as a fraction of `{first}`'s.", ""]
+    header = ["condition", *(title for title, _ in described)]
     for arm in arms:
         header += [f"{arm} deterministic", f"{arm} stochastic"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in conditions:
         cells = [r["conditions"][name] for r in results]
-        row = [
-            name,
-            _same_or_varies([c["env"]["num_nodes"] for c in cells]),
-            _same_or_varies([c["env"]["num_sites"] for c in cells]),
-            _same_or_varies([round(c["greedy_return"], 6) for c in cells], _fmt),
-            _same_or_varies([round(c["random_greedy_ratio"], 6) for c in cells], _fmt),
-        ]
+        row = [name, *(_same_or_varies([value(c) for c in cells], _fmt) for _, value in described)]
         for rs in arms.values():
-            for key in ("greedy_ratio", "stochastic_greedy_ratio"):
-                scores = np.array([r["conditions"][name][key] for r in rs])
+            for k in keys:
+                scores = np.array([r["conditions"][name][k] for r in rs])
                 row.append(_cell(stats.bootstrap_ci(scores, stats.mean, reps=reps, seed=0)))
         lines.append("| " + " | ".join(row) + " |")
     if len(conditions) > 1:
-        row = ["**all (IQM over seeds x conditions)**", "", "", "", ""]
+        row = ["**all (IQM over seeds x conditions)**", *([""] * len(described))]
         for rs in arms.values():
-            for key in ("greedy_ratio", "stochastic_greedy_ratio"):
-                scores = np.array([[r["conditions"][c][key] for c in conditions] for r in rs])  # (runs, conditions)
+            for k in keys:
+                scores = np.array([[r["conditions"][c][k] for c in conditions] for r in rs])  # (runs, conditions)
                 row.append(_cell(stats.bootstrap_ci(scores, stats.iqm, reps=reps, seed=0)))
         lines.append("| " + " | ".join(row) + " |")
     names = list(arms)
     if len(names) > 1:
-        lines += ["", "Probability of improvement (deterministic policy; mean over conditions of P(X > Y) over seed pairs):", ""]
+        lines += [
+            "", f"Probability of improvement (deterministic `{key}`; mean over conditions of P(X > Y) over seed pairs):",
+            "",
+        ]
         for i, base in enumerate(names):
             for other in names[i + 1 :]:
+                if min(len(arms[other]), len(arms[base])) < 2:
+                    lines.append(f"- P({other} > {base}) = n/a (needs >= 2 seeds per arm)")
+                    continue
                 p = np.mean([
                     stats.probability_of_improvement(
-                        [r["conditions"][c]["greedy_ratio"] for r in arms[other]],
-                        [r["conditions"][c]["greedy_ratio"] for r in arms[base]],
+                        [r["conditions"][c][key] for r in arms[other]], [r["conditions"][c][key] for r in arms[base]]
                     )
                     for c in conditions
                 ])
@@ -378,7 +558,7 @@ def format_table(suite: str, results: list[dict[str, Any]], settings: EvaluateSe
 # ---------------------------------------------------------------------------------------------- CLI
 USAGE = (
     "usage: python -m wsa_lab.evaluate RUN_OR_SWEEP_FOLDER [...] [eval_env=in_distribution|size_shift|"
-    "structure_shift|cities] [episodes=4] [num_instances=32] [seed=2027] [device=auto] [table=PATH]"
+    "structure_shift|cities] [episodes=4] [num_instances=32] [seed=2027] [+env.KEY=VALUE] [device=auto] [table=PATH]"
 )
 
 

@@ -24,6 +24,7 @@ from wsa_lab.checkpoint import LAST, PREVIOUS, load_latest, save_rotating
 from wsa_lab.config import validate
 from wsa_lab.contract import VectorGraphEnv, specs
 from wsa_lab.errors import ConfigError, WsaLabError
+from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
 from wsa_lab.resume import StopSignals, config_differences, config_snapshot, truncate_metrics
 from wsa_lab.rl import PPO, Evaluator
@@ -85,16 +86,15 @@ def _start_over(run_dir: Path, drop_checkpoints: bool) -> None:
             path.unlink()
 
 
-def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: VectorGraphEnv, snapshot: dict[str, Any]) -> dict[str, Any] | None:
-    """Continue from the run folder's newest usable checkpoint; return its history, or None for a fresh start."""
+def accept_resume(cfg: DictConfig, run_dir: Path, snapshot: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint this run continues from (None: a fresh start), or a refusal. Reads only: nothing in the
+    run folder is written before the run is accepted."""
     if not cfg.get("resume", True):
-        _start_over(run_dir, drop_checkpoints=True)
         return None
     found = load_latest(run_dir / "checkpoints", required=CHECKPOINT_KEYS)
     if found is None:
-        _start_over(run_dir, drop_checkpoints=False)
         return None
-    state, path = found
+    state, _path = found
     differences = config_differences(state["config"], snapshot)
     if differences:
         raise ConfigError(
@@ -102,6 +102,17 @@ def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: VectorGraphEnv, snap
             f"{'; ...' if len(differences) > 5 else ''}); resume with the same settings, pass resume=false to "
             "start over there, or choose another hydra.run.dir"
         )
+    return found
+
+
+def _restore(
+    cfg: DictConfig, run_dir: Path, ppo: PPO, env: VectorGraphEnv, found: tuple[dict[str, Any], Path] | None
+) -> dict[str, Any] | None:
+    """Continue from the accepted checkpoint; return its history, or None for a fresh start."""
+    if found is None:
+        _start_over(run_dir, drop_checkpoints=not cfg.get("resume", True))
+        return None
+    state, path = found
     ppo.load_state_dict(state)
     restored = hasattr(env, "load_state_dict") and env.load_state_dict(state["env"]) is not False
     if not restored:  # the env cannot restore its episodes in flight: they restart, from seeds the step fixes
@@ -109,6 +120,13 @@ def _restore(cfg: DictConfig, run_dir: Path, ppo: PPO, env: VectorGraphEnv, snap
         ppo.next_obs = env.reset(seed=(cfg.seed + 1_000_003 * ppo.global_step) % 2**31)
         ppo.next_done.zero_()
     set_rng_state(state["rng"])
+    threads = state.get("torch_threads")
+    if threads is not None and threads != torch.get_num_threads():
+        log.warning(
+            "this run was checkpointed with %d torch threads and resumes with %d: CPU sums are ordered by thread, so "
+            "logged values may differ from an uninterrupted run in the last digits (set OMP_NUM_THREADS=%d to match)",
+            threads, torch.get_num_threads(), threads,
+        )
     dropped = truncate_metrics(run_dir / "metrics.jsonl", ppo.global_step)
     log.info(
         "resuming from %s at global_step %d (iteration %d); %d metrics lines logged after it were dropped",
@@ -145,8 +163,8 @@ def _train(cfg: DictConfig, envs: list[Any]) -> dict[str, Any]:
     settings = validate(cfg)
     algo, eval_cfg, ckpt_cfg = settings.algo, settings.evaluation, settings.checkpoint
     run_dir = Path(cfg.paths.output_dir)
-    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     snapshot = config_snapshot(cfg)
+    found = accept_resume(cfg, run_dir, snapshot)  # a refusal here leaves the folder as it was
 
     device = settings.device
     deterministic_kernels(device, settings.deterministic)
@@ -182,11 +200,14 @@ def _train(cfg: DictConfig, envs: list[Any]) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "host": platform.node(),
+        "torch_threads": torch.get_num_threads(),
         **evaluator.reference,
     }
     # evaluation history and time spent, carried across restarts by the checkpoint
     history: dict[str, Any] = {"best": -math.inf, "last_eval": {}, "wall_time_s": 0.0, "resumed_from_steps": []}
-    resumed = _restore(cfg, run_dir, ppo, env, snapshot)
+    # Accepted (config, resume, env, models all fine): from here on the run writes to its folder.
+    write_text_atomic(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    resumed = _restore(cfg, run_dir, ppo, env, found)
     if resumed is not None:
         history.update(resumed)
     summary["resumed_from_steps"] = history["resumed_from_steps"]
@@ -198,7 +219,7 @@ def _train(cfg: DictConfig, envs: list[Any]) -> dict[str, Any]:
         save_rotating(
             {
                 **ppo.state_dict(), "env": env.state_dict() if hasattr(env, "state_dict") else {}, "rng": rng_state(),
-                "history": history, "config": snapshot,
+                "history": history, "config": snapshot, "torch_threads": torch.get_num_threads(),
             },
             run_dir / "checkpoints",
         )

@@ -98,9 +98,9 @@ class ValueGraphEnv(gymnasium.Env):
         """The best possible return of this episode (the `picks` largest values, exact bids), and random's mean."""
         best = float(np.sort(self.value)[::-1][: self.picks].sum())
         random_mean = float(self.value.mean() * self.picks - self.picks * self.continuous_dim / 6.0)
-        return {"best": best, "random": random_mean}
+        return {"optimal": best, "random": random_mean}
 
-    reference_names = ("best", "random")
+    reference_names = ("optimal", "random")
 
     # ------------------------------------------------------------------ observation
     def _obs(self):

@@ -250,9 +250,8 @@ class GymVectorGraphEnv:
             raise
         except Exception as exc:  # noqa: BLE001 - a user's env can raise anything
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise EnvError(
-                f"env {self.env_id} raised {type(exc).__name__} in {what} (vector step {self.steps}): {first[:300]}"
-            ) from exc
+            where = f"step {self.steps + 1}" if what == "step" else what
+            raise EnvError(f"env {self.env_id} raised {type(exc).__name__} in its {where}: {first[:300]}") from exc
 
     def _split(self, obs: Any) -> list[Any]:
         """The vector env's batched observation as one observation per env."""
@@ -269,7 +268,7 @@ class GymVectorGraphEnv:
         xs, links, edge_feats, masks, positions, images = [], [], [], [], [], []
         node_counts, edge_counts = [], []
         for i, obs in enumerate(observations):
-            label = f"env {self.env_id} (env {i} of {self.num_envs}) at {where} {self.steps}"
+            label = f"env {self.env_id} (env {i} of {self.num_envs}) at its {where if where == 'reset' else f'step {self.steps}'}"
             graph = obs[GRAPH_KEY] if spec.is_dict else obs
             if not isinstance(graph, spaces.GraphInstance):
                 raise EnvError(f"{label}: the observation's graph is a {type(graph).__name__}, not a gymnasium GraphInstance")

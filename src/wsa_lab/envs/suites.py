@@ -1,26 +1,30 @@
-"""Evaluation suites: named conditions that shift a run's training environment, with fixed instances.
+"""Evaluation suites: named conditions that change a run's env config, played on held-out episodes.
 
-A suite (``conf/eval_env/<name>.yaml``) maps condition names to a :class:`ConditionSpec`. A condition
-starts from the run's training env (``cfg.env``) and changes it:
+A suite (``conf/eval_env/<name>.yaml``) maps condition names to a :class:`ConditionSpec`. A condition starts
+from the run's env config (``cfg.env``: any env of the graph env contract, e.g. ``env=coverage``,
+``env=gym env.id=...``, ``env=jobshop``) and changes it:
 
-- ``scale``: multiply env arguments (``num_nodes: 2, num_sites: 2`` doubles N and K; integers round
-  half up, at least 1);
-- ``env``: replace env arguments outright (``num_clusters: 8``, ``cost: 2.0``);
-- ``demand_sigma``: log-std of the log-normal demand weights (the generator's is 1; 0 gives uniform
-  demand, 2 a heavier tail); positions are the same as without it;
-- ``country``: the country's ``num_nodes`` most populous cities instead of generated instances
-  (:mod:`wsa_lab.envs.cities`).
+- ``scale``: multiply numeric keys (``num_nodes: 2``); nested or dotted keys reach into mappings, e.g.
+  ``kwargs.num_jobs: 2`` for a Gymnasium env whose constructor arguments live under ``env.kwargs``.
+  Integers round half up (at least 1); a null value stays null;
+- ``env``: replace keys, merged into nested mappings (``env: {kwargs: {num_jobs: 8}}`` changes one argument);
+- coverage env only (``env=coverage``), played by :class:`ShiftedCoverageEnv`: ``demand_sigma`` (log-std of
+  the log-normal demand weights: the generator's is 1, 0 gives uniform demand, 2 a heavier tail; positions
+  are those drawn without it) and ``country`` / ``min_population`` (the country's ``num_nodes`` most
+  populous cities, :mod:`wsa_lab.envs.cities`, instead of generated instances: one instance).
 
-``image_size`` cannot change: the agent's CNNs read images of the training size. Generated instances
-come from a fresh generator seeded with the suite's seed (not a training or validation seed), so every
-run of a comparison plays the same instances. :func:`prepare_condition` computes the instances and the
-greedy and random references once; callers cache it per condition (see :func:`condition_key`).
+The condition's env is built like the run's own (``wsa_lab.train.make_env``) with ``num_envs`` = the
+evaluation's ``num_instances`` (a city condition: 1) and ``seed`` = the evaluation's seed; its held-out
+episodes are the ones ``reset(seed)`` starts, the same for every run of a comparison. What wsa_lab sets
+itself (``num_envs``, ``seed``, ``device``) cannot change, and the condition's env must read and act like
+the one the agent was trained on (:meth:`PreparedCondition.check_agent`: node and edge feature widths,
+image shape, positions, continuous action dim); graph sizes may differ. :func:`prepare_condition` builds
+the env and its reference returns once; callers cache it per condition (see :func:`condition_key`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,125 +34,187 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from wsa_lab.contract import ActionSpec, ObservationSpec, VectorGraphEnv, specs
 from wsa_lab.errors import ConfigError
-from wsa_lab.schema import structured, unknown_key_error
 
 from .cities import city_instance
 from .coverage import CoverageEnv
-from .instances import generate_instances
-from .policies import greedy_returns, random_returns
+from .instances import knn_neighbors
 
-#: CoverageEnv arguments a condition may not touch: set per evaluation, or fixed by the trained agent.
-FIXED_ENV_KEYS = ("num_envs", "seed", "device", "autoreset", "image_size")
-#: Integer env arguments: scaled values are rounded half up (and kept >= 1).
-INT_ENV_KEYS = ("num_nodes", "num_sites", "num_clusters", "knn_k", "max_episode_steps")
+#: The coverage-only condition fields (a ConfigError for other envs).
+COVERAGE_FIELDS = ("demand_sigma", "country", "min_population")
+#: GeoNames file used when a country condition names no ``min_population``.
+DEFAULT_MIN_POPULATION = 15000
+SHIFTED_COVERAGE_TARGET = "wsa_lab.envs.suites.ShiftedCoverageEnv"
 
 
 @dataclass
 class ConditionSpec:
     """One condition of a suite, as written in ``conf/eval_env/<suite>.yaml``."""
 
-    scale: dict = field(default_factory=dict)  # env argument -> factor on the run's value
-    env: dict = field(default_factory=dict)  # env argument -> value (applied after scale)
-    demand_sigma: Optional[float] = None  # log-std of log-normal demand; 0 = uniform; null = generator's (1)
-    country: Optional[str] = None  # ISO 3166-1 alpha-2 code: that country's cities instead of generated instances
-    min_population: int = 15000  # smallest city kept (cities only): 500, 1000, 5000 or 15000
+    scale: dict = field(default_factory=dict)  # env key (nested or dotted) -> factor on the run's value
+    env: dict = field(default_factory=dict)  # env key (nested or dotted) -> value (applied after scale)
+    demand_sigma: Optional[float] = None  # coverage: log-std of log-normal demand; 0 = uniform; null = generator's (1)
+    country: Optional[str] = None  # coverage: ISO 3166-1 alpha-2 code, that country's cities instead of generated ones
+    min_population: Optional[int] = None  # coverage, with country: smallest city kept (500, 1000, 5000; null = 15000)
 
 
 @dataclass(frozen=True)
 class Condition:
-    """A condition resolved against a run's env: the exact ``CoverageEnv`` arguments and instance source."""
+    """A condition resolved against a run's env config: the exact env config it plays.
+
+    Fields:
+        name: the condition's name in the suite.
+        env: the env config (``_target_`` and constructor arguments, without num_envs/seed/device).
+        changed: dotted key -> new value, for every key the condition changes (its short description).
+        num_envs: envs to play when the condition fixes it (a city: 1); None = the evaluation's num_instances.
+    """
 
     name: str
-    env: dict[str, Any]  # CoverageEnv kwargs except FIXED_ENV_KEYS[:4]
-    demand_sigma: Optional[float] = None
-    country: Optional[str] = None
-    min_population: int = 15000
-
-    @property
-    def num_nodes(self) -> int:
-        return int(self.env["num_nodes"])
-
-    @property
-    def num_sites(self) -> int:
-        return int(self.env["num_sites"])
+    env: dict[str, Any]
+    changed: dict[str, Any] = field(default_factory=dict)
+    num_envs: Optional[int] = None
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready description (what the condition plays)."""
-        out: dict[str, Any] = {"env": dict(self.env)}
-        if self.country is not None:
-            out.update(country=self.country, min_population=self.min_population)
-        else:
-            out["demand_sigma"] = 1.0 if self.demand_sigma is None else self.demand_sigma
+        """JSON-ready description: the env config played (``_target_`` and coverage-only fields apart) and the
+        changes; the coverage env also gets ``demand_sigma`` (or ``country`` / ``min_population``) as before."""
+        coverage = _is_coverage(self.env)
+        hidden = ("_target_", *(COVERAGE_FIELDS if coverage else ()))
+        out: dict[str, Any] = {"env": {k: v for k, v in self.env.items() if k not in hidden}, "changed": dict(self.changed)}
+        if coverage:
+            if self.env.get("country") is not None:
+                out.update(country=self.env["country"], min_population=self.env["min_population"])
+            else:
+                sigma = self.env.get("demand_sigma")
+                out["demand_sigma"] = 1.0 if sigma is None else sigma
         return out
 
-    def instances(self, num_instances: int, seed: int) -> tuple[Tensor, Tensor]:
-        """The condition's instances: ``num_instances`` generated ones (seeded), or the one city instance.
-
-        Shapes:
-            - output: ``pos [B, N, 2]``, ``demand [B, N]`` (``B = 1`` for cities)
-        """
-        if self.country is not None:
-            return city_instance(self.country, self.num_nodes, self.min_population).batch(1)
-        generator = torch.Generator().manual_seed(seed)
-        pos, demand = generate_instances(
-            num_instances,
-            self.num_nodes,
-            num_clusters=int(self.env["num_clusters"]),
-            cluster_std=float(self.env["cluster_std"]),
-            background_frac=float(self.env["background_frac"]),
-            generator=generator,
-        )
-        if self.demand_sigma is not None:  # redraw demand only: positions stay those of the default demand
-            weights = torch.exp(self.demand_sigma * torch.randn(pos.shape[:2], generator=generator))
-            demand = weights / weights.sum(dim=1, keepdim=True)
-        return pos, demand
-
-    def make_env(self, num_envs: int, seed: int = 0, device: str | torch.device = "cpu") -> CoverageEnv:
-        """A ``CoverageEnv`` with this condition's arguments (no autoreset: one episode per env)."""
-        try:
-            return CoverageEnv(**self.env, num_envs=num_envs, seed=seed, device=device, autoreset=False)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"eval_env condition {self.name!r}: {exc}") from exc
+    def config(self) -> DictConfig:
+        """A config holding this condition's ``env`` (what ``wsa_lab.train.make_env`` reads)."""
+        return OmegaConf.create({"env": copy.deepcopy(self.env)})
 
 
-def _env_defaults() -> dict[str, Any]:
-    params = inspect.signature(CoverageEnv).parameters
-    return {name: p.default for name, p in params.items() if name not in FIXED_ENV_KEYS[:4]}
+# ---------------------------------------------------------------------------------------------- resolving
+def _is_coverage(env: Mapping[str, Any]) -> bool:
+    """Whether ``env._target_`` names the built-in coverage env (or a subclass)."""
+    from wsa_lab.config import env_target  # imports the models: not at import time of wsa_lab.envs
+
+    target = env_target(OmegaConf.create({"_target_": env.get("_target_")}))
+    return isinstance(target, type) and issubclass(target, CoverageEnv)
 
 
-def resolve_condition(name: str, spec: ConditionSpec, base_env: Mapping[str, Any]) -> Condition:
-    """Apply ``spec`` to the run's env arguments ``base_env`` (``cfg.env``, ``_target_`` ignored)."""
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"kwargs": {"a": 1}, "b.c": 2}`` -> ``{"kwargs.a": 1, "b.c": 2}`` (leaves only; an empty mapping: none)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _parent(env: dict[str, Any], path: str, where: str, create: bool) -> tuple[dict[str, Any], str]:
+    """The mapping that holds ``path``'s last part (created on the way when ``create``), and that part."""
+    *parents, leaf = path.split(".")
+    node = env
+    for i, part in enumerate(parents):
+        child = node.get(part)
+        if child is None and create:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}.{path}: the run's env config has no mapping at {'.'.join(parents[: i + 1])}")
+        node = child
+    return node, leaf
+
+
+def _scaled(current: Any, factor: Any, where: str) -> Any:
+    """``current * factor``: integers round half up (at least 1), null stays null."""
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+        raise ConfigError(f"{where}: expected a positive number, got {factor!r}")
+    if current is None:
+        return None  # e.g. max_episode_steps: null stays null
+    if isinstance(current, bool) or not isinstance(current, (int, float)):
+        raise ConfigError(f"{where}: the run's value {current!r} is not a number to scale; set it with env: instead")
+    if isinstance(current, int):
+        return max(1, math.floor(current * factor + 0.5))
+    return float(current * factor)
+
+
+def _check_top_keys(keys: list[str], env: Mapping[str, Any], where: str) -> None:
+    """A condition may not touch what wsa_lab sets, nor a key the env's class does not take (did-you-mean)."""
+    from wsa_lab.config import ENV_KWARGS_SET_BY_WSA_LAB, check_kwargs, env_target
+
+    for key in keys:
+        if key in ENV_KWARGS_SET_BY_WSA_LAB or key == "_target_":
+            raise ConfigError(f"{where}.{key}: cannot be changed by an evaluation condition (wsa_lab sets it)")
+    target = env_target(OmegaConf.create(dict(env)))
+    check_kwargs(target, OmegaConf.create(dict.fromkeys(keys)), where, ENV_KWARGS_SET_BY_WSA_LAB)
+
+
+def _apply(env: dict[str, Any], changes: Mapping[str, Any], where: str, scale: bool) -> dict[str, Any]:
+    """Apply one part of a condition (``scale`` or ``env``) to ``env`` in place; return the changed leaves."""
+    flat = _flatten(changes)
+    if not flat:
+        return {}
+    _check_top_keys(list(dict.fromkeys(path.split(".")[0] for path in flat)), env, where)
+    applied = {}
+    for path, value in flat.items():
+        parent, leaf = _parent(env, path, where, create=not scale)
+        if scale:
+            if leaf not in parent:
+                raise ConfigError(f"{where}.{path}: the run's env config has no value to scale; set it with env: instead")
+            value = _scaled(parent[leaf], value, f"{where}.{path}")
+        parent[leaf] = value
+        applied[path] = value
+    return applied
+
+
+def _coverage_shift(name: str, spec: ConditionSpec, env: dict[str, Any]) -> tuple[dict[str, Any], Optional[int]]:
+    """The coverage-only fields as ShiftedCoverageEnv arguments (changes made, num_envs fixed or None)."""
     where = f"eval_env.conditions.{name}"
-    env = _env_defaults()
-    allowed = [k for k in env if k not in FIXED_ENV_KEYS]
-    for key, value in base_env.items():
-        if key != "_target_":
-            env[key] = value
-    for part in ("scale", "env"):
-        for key, value in getattr(spec, part).items():
-            if key in FIXED_ENV_KEYS:
-                raise ConfigError(f"{where}.{part}.{key}: cannot be changed by an evaluation condition")
-            if key not in allowed:
-                raise unknown_key_error(key, allowed, f"{where}.{part}")
-            if part == "scale":
-                if env[key] is None:
-                    continue  # e.g. max_episode_steps: null stays null
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                    raise ConfigError(f"{where}.scale.{key}: expected a positive number, got {value!r}")
-                scaled = env[key] * value
-                env[key] = max(1, math.floor(scaled + 0.5)) if key in INT_ENV_KEYS else float(scaled)
-            else:
-                env[key] = value
-    if spec.demand_sigma is not None and spec.demand_sigma < 0:
-        raise ConfigError(f"{where}.demand_sigma: must be >= 0, got {spec.demand_sigma}")
-    if spec.country is not None and spec.demand_sigma is not None:
-        raise ConfigError(f"{where}: demand_sigma does not apply to city instances (demand = population)")
-    return Condition(name, env, spec.demand_sigma, spec.country, spec.min_population)
+    given = {k: getattr(spec, k) for k in COVERAGE_FIELDS if getattr(spec, k) is not None}
+    if not given:
+        return {}, None
+    if not _is_coverage(env):
+        raise ConfigError(
+            f"{where}: {', '.join(given)} applies to the built-in coverage env (env=coverage) only; this run's env is "
+            f"{env.get('id') or env.get('_target_')} (use scale: / env: to change its config)"
+        )
+    # (their values are checked by ShiftedCoverageEnv, as any env checks its arguments)
+    if spec.min_population is not None and spec.country is None:
+        raise ConfigError(f"{where}.min_population: applies to country conditions only")
+    env["_target_"] = SHIFTED_COVERAGE_TARGET
+    if spec.country is not None:
+        given["min_population"] = spec.min_population or DEFAULT_MIN_POPULATION
+    env.update(given)
+    return given, 1 if spec.country is not None else None
 
 
-def build_conditions(conditions: Mapping[str, Any] | DictConfig, base_env: Mapping[str, Any] | DictConfig) -> list[Condition]:
+def resolve_condition(
+    name: str, spec: ConditionSpec, base_env: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None
+) -> Condition:
+    """Apply ``spec`` to the run's env config ``base_env`` (``cfg.env``), then the evaluation-wide ``overrides``
+    (``conf/evaluate.yaml``'s ``env``, replaced like a condition's ``env``)."""
+    where = f"eval_env.conditions.{name}"
+    env = copy.deepcopy(dict(base_env))
+    changed = _apply(env, spec.scale, f"{where}.scale", scale=True)
+    changed.update(_apply(env, spec.env, f"{where}.env", scale=False))
+    changed.update(_apply(env, overrides or {}, "evaluate env", scale=False))
+    shift, num_envs = _coverage_shift(name, spec, env)
+    changed.update(shift)
+    return Condition(name, env, changed, num_envs)
+
+
+def build_conditions(
+    conditions: Mapping[str, Any] | DictConfig,
+    base_env: Mapping[str, Any] | DictConfig,
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> list[Condition]:
     """Every condition of a suite, resolved against ``base_env``, in the suite's order."""
+    from wsa_lab.schema import structured
+
     if isinstance(conditions, DictConfig):
         conditions = OmegaConf.to_container(conditions, resolve=True)
     if isinstance(base_env, DictConfig):
@@ -156,62 +222,134 @@ def build_conditions(conditions: Mapping[str, Any] | DictConfig, base_env: Mappi
     if not conditions:
         raise ConfigError("eval_env.conditions: the suite has no conditions")
     return [
-        resolve_condition(str(name), structured(ConditionSpec, spec, f"eval_env.conditions.{name}"), base_env)
+        resolve_condition(str(name), structured(ConditionSpec, spec, f"eval_env.conditions.{name}"), base_env, overrides)
         for name, spec in conditions.items()
     ]
 
 
 def condition_key(condition: Condition, **settings: Any) -> str:
-    """A cache key: two runs whose conditions resolve to the same env and instances share references."""
-    return json.dumps({**dataclasses.asdict(condition), **settings}, sort_keys=True, default=str)
+    """A cache key: two runs whose conditions resolve to the same env config share its env and references."""
+    return json.dumps({"env": condition.env, "num_envs": condition.num_envs, **settings}, sort_keys=True, default=str)
 
 
+# ---------------------------------------------------------------------------------------------- preparing
 @dataclass
 class PreparedCondition:
-    """A condition's fixed instances and its reference returns (computed once, shared by every run).
+    """A condition's env on its held-out episodes and their reference returns (computed once, shared by every run).
 
-    ``random_returns`` has one entry per (instance, episode): instance ``i``'s episodes are at
-    ``i * episodes ... (i + 1) * episodes - 1`` (the layout of :meth:`repeated_instances`).
+    ``evaluator`` (:class:`~wsa_lab.rl.Evaluator`) holds the evaluation seed, the env's reference names and
+    their mean returns on the episodes ``env.reset(seed)`` starts.
     """
 
     condition: Condition
-    instances: tuple[Tensor, Tensor]
-    episodes: int
-    greedy_returns: Tensor  # [B]
-    random_returns: Tensor  # [B * episodes]
+    env: VectorGraphEnv
+    evaluator: Any  # wsa_lab.rl.Evaluator (imported lazily: it pulls in the models)
+    observation_spec: ObservationSpec
+    action_spec: ActionSpec
 
     @property
     def num_instances(self) -> int:
-        return int(self.instances[0].shape[0])
-
-    def repeated_instances(self) -> tuple[Tensor, Tensor]:
-        """Each instance ``episodes`` times in a row: ``[B * episodes, N, 2]``, ``[B * episodes, N]``."""
-        pos, demand = self.instances
-        return pos.repeat_interleave(self.episodes, dim=0), demand.repeat_interleave(self.episodes, dim=0)
+        return int(self.env.num_envs)
 
     @property
-    def greedy_return(self) -> float:
-        return self.greedy_returns.mean().item()
+    def reference_names(self) -> list[str]:
+        return list(self.evaluator.reference_names)
 
-    @property
-    def random_return(self) -> float:
-        return self.random_returns.mean().item()
+    def check_agent(self, trained: tuple[ObservationSpec, ActionSpec]) -> None:
+        """One-line ConfigError when the condition's env does not read or act like the agent's training env."""
+        differences = spec_differences(trained, (self.observation_spec, self.action_spec))
+        if differences:
+            raise ConfigError(
+                f"eval_env condition {self.condition.name!r}: its env does not fit the trained agent "
+                f"({'; '.join(differences)}); a condition may change graph sizes, not what the agent reads or outputs"
+            )
+
+    def close(self) -> None:
+        close = getattr(self.env, "close", None)
+        if close is not None:
+            close()
+
+
+def spec_differences(trained: tuple[ObservationSpec, ActionSpec], other: tuple[ObservationSpec, ActionSpec]) -> list[str]:
+    """What differs, between two envs' specs, in what a trained agent is sized from (``"image (3, 64, 64), trained
+    on (3, 32, 32)"``); graph sizes (nodes, edges, ``max_nodes``) are free."""
+    (obs_a, act_a), (obs_b, act_b) = trained, other
+    read = {
+        "node feature width": (obs_a.node_feature_dim, obs_b.node_feature_dim),
+        "edge feature width": (obs_a.edge_feature_dim, obs_b.edge_feature_dim),
+        "image": (obs_a.image_shape, obs_b.image_shape),
+        "positions": (obs_a.has_positions, obs_b.has_positions),
+        "continuous action dim": (act_a.continuous_dim, act_b.continuous_dim),
+    }
+    return [f"{what} {b}, trained on {a}" for what, (a, b) in read.items() if a != b]
 
 
 def prepare_condition(
-    condition: Condition,
-    num_instances: int,
-    episodes: int,
-    seed: int,
-    radius_grid: int = 11,
-    device: str | torch.device = "cpu",
+    condition: Condition, num_instances: int, seed: int, device: str | torch.device = "cpu"
 ) -> PreparedCondition:
-    """Build the condition's instances and play the greedy reference (once) and the random policy."""
-    if num_instances < 1 or episodes < 1:
-        raise ConfigError(f"num_instances and episodes must be >= 1, got {num_instances} and {episodes}")
-    instances = condition.instances(num_instances, seed)
-    env = condition.make_env(instances[0].shape[0], seed=seed, device=device)
-    greedy = greedy_returns(env, instances, radius_grid).cpu()
-    prepared = PreparedCondition(condition, instances, episodes, greedy, torch.empty(0))
-    prepared.random_returns = random_returns(env, prepared.repeated_instances(), seed).cpu()
-    return prepared
+    """Build the condition's env (``num_instances`` envs unless the condition fixes it) and compute its references
+    on the episodes ``reset(seed)`` starts."""
+    from wsa_lab.rl.evaluation import Evaluator  # imports the models: not at import time of wsa_lab.envs
+    from wsa_lab.train import make_env
+
+    if num_instances < 1:
+        raise ConfigError(f"num_instances must be >= 1, got {num_instances}")
+    try:
+        env = make_env(condition.config(), num_envs=condition.num_envs or num_instances, seed=seed, device=device)
+    except ConfigError as exc:
+        raise ConfigError(f"eval_env condition {condition.name!r}: {exc}") from exc
+    try:
+        return PreparedCondition(condition, env, Evaluator(env, seed), *specs(env))
+    except BaseException:
+        close = getattr(env, "close", None)
+        if close is not None:
+            close()
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- coverage
+class ShiftedCoverageEnv(CoverageEnv):
+    """:class:`CoverageEnv` whose instances come from a shifted source: the coverage-only conditions.
+
+    ``reset(seed)`` plays the same instances for the same seed, like the coverage env's own, so the generic
+    evaluation path (``play``, ``reference_returns``) serves these conditions too:
+
+    - ``demand_sigma``: the generator's instances with the demand redrawn right after them from the env's
+      generator, weights ``exp(sigma * N(0, 1))`` normalised to sum 1 (positions equal those of a plain
+      ``CoverageEnv`` with the same seed);
+    - ``country``: a fixed instance, the country's ``num_nodes`` most populous cities (cities with at least
+      ``min_population`` inhabitants), population share as demand, in every env of the batch.
+
+    Other arguments: :class:`CoverageEnv`'s.
+    """
+
+    def __init__(
+        self,
+        demand_sigma: Optional[float] = None,
+        country: Optional[str] = None,
+        min_population: int = DEFAULT_MIN_POPULATION,
+        **kwargs: Any,
+    ) -> None:
+        if demand_sigma is not None and demand_sigma < 0:
+            raise ValueError(f"demand_sigma must be >= 0, got {demand_sigma}")
+        if demand_sigma is not None and country is not None:
+            raise ValueError("demand_sigma does not apply to city instances (demand = population)")
+        self.demand_sigma, self.country, self.min_population = demand_sigma, country, min_population
+        self._city: Optional[tuple[Tensor, Tensor]] = None
+        super().__init__(**kwargs)
+
+    def _sample(self, count: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(pos [count, N, 2], demand [count, N], neighbors [count, N, k]) from the shifted source."""
+        if self.country is not None:
+            if self._city is None:  # loaded once (CoverageEnv's constructor resets: num_nodes is set by then)
+                city = city_instance(self.country, self.num_nodes, self.min_population)
+                self._city = (city.pos.unsqueeze(0).to(self.device), city.demand.unsqueeze(0).to(self.device))
+            # copies (repeat, not expand): the env writes its instances in place when it autoresets
+            pos, demand = self._city[0].repeat(count, 1, 1), self._city[1].repeat(count, 1)
+            return pos, demand, knn_neighbors(pos, self.knn_k)
+        pos, demand, neighbors = super()._sample(count)
+        if self.demand_sigma is not None:  # redraw demand only: positions stay those of the default demand
+            g = self._generator
+            weights = torch.exp(self.demand_sigma * torch.randn(pos.shape[:2], generator=g, device=g.device))
+            demand = (weights / weights.sum(dim=1, keepdim=True)).to(device=self.device, dtype=torch.float32)
+        return pos, demand, neighbors

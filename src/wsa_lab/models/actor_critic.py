@@ -17,7 +17,6 @@ from wsa_lab.models.gpu import GPUConfig, accelerated, autocast, prepare_cnn_bod
 from wsa_lab.models.heads import HybridAction, HybridActionHead, mlp
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
-from wsa_lab.models.weights import RESNETS
 from wsa_lab.errors import ConfigError
 from wsa_lab.schema import structured
 
@@ -62,11 +61,12 @@ class PolicyStep(NamedTuple):
 class ActorCritic(nn.Module):
     """An actor (Standard or WSA-Enhanced), the hybrid action head and a critic on the same features.
 
-    Interface follows CleanRL: `get_value(obs)` and `get_action_and_value(obs, action=None)`; both take
-    optional `cached_features` from :meth:`frozen_features` (the frozen-feature cache, used by PPO when
-    `frozen_feature_cache` is true; its rollout calls :meth:`rollout_step`, which returns both). `gpu` holds
-    the CUDA-only options (see :mod:`wsa_lab.models.gpu`), applied by :meth:`to` when the model moves to a
-    GPU and by the forward passes there.
+    Interface follows CleanRL: `get_value(obs)` and `get_action_and_value(obs, action=None)`, on a
+    :class:`~wsa_lab.contract.GraphBatch`. Both take optional `cached_features`: the frozen PTMs' backbone
+    outputs for these states, which PPO's rollout gets from :meth:`rollout_step` (the frozen-feature cache,
+    when `frozen_feature_cache` is true) and passes back in the update epochs. `gpu` holds the CUDA-only
+    options (see :mod:`wsa_lab.models.gpu`), applied by :meth:`to` when the model moves to a GPU and by the
+    forward passes there.
     """
 
     def __init__(
@@ -124,11 +124,8 @@ class ActorCritic(nn.Module):
         channels_last = self.gpu.nhwc and accelerated(obs.device)
         return StateInputs.from_batch(obs, cached_features, channels_last, self.raster_size)
 
-    def features(self, obs: GraphBatch, cached_features: Optional[dict[int, Tensor]] = None) -> ActorFeatures:
-        """The actor's features in float32 (computed under bf16 autocast on a GPU with `gpu.amp`)."""
-        return self._features(self._inputs(obs, cached_features))
-
     def _features(self, inputs: StateInputs) -> ActorFeatures:
+        """The actor's features in float32 (computed under bf16 autocast on a GPU with `gpu.amp`)."""
         with autocast(self.gpu, inputs.x.device):
             out = self.actor(inputs)
         if out.global_feat.dtype == torch.float32:
@@ -138,23 +135,20 @@ class ActorCritic(nn.Module):
             fusion = FusedFeatures(*(t.float() if t is not None else None for t in fusion))
         return ActorFeatures(out.node_emb.float(), out.global_feat.float(), fusion)
 
-    def frozen_features(self, obs: GraphBatch) -> dict[int, Tensor]:
-        """Backbone outputs of the frozen PTMs, ``{ptm index: (B, D)}`` (empty for the Standard Actor).
+    @torch.no_grad()
+    def _frozen_features(self, inputs: StateInputs) -> dict[int, Tensor]:
+        """Backbone outputs of the frozen PTMs, ``{ptm index: (G, D)}`` (empty for the Standard Actor).
 
         A frozen backbone is a fixed function of the state (no gradients, eval mode), so the rollout
         computes this once per env step and the PPO epochs pass it back as `cached_features`.
         """
-        return self._frozen_features(self._inputs(obs))
-
-    @torch.no_grad()
-    def _frozen_features(self, inputs: StateInputs) -> dict[int, Tensor]:
         if not self.uses_wsa:
             return {}
         with autocast(self.gpu, inputs.x.device):
             return self.actor.extractor.frozen_features(inputs)
 
     def get_value(self, obs: GraphBatch, cached_features: Optional[dict[int, Tensor]] = None) -> Tensor:
-        return self.critic(self.features(obs, cached_features).global_feat).squeeze(-1)
+        return self.critic(self._features(self._inputs(obs, cached_features)).global_feat).squeeze(-1)
 
     def get_action_and_value(
         self,
@@ -223,12 +217,13 @@ def build_actor_critic(
         if len(set(names)) != len(names):
             raise ConfigError(f"actor_critic.wsa.pretrained_models: PTM names must be unique, got {names}")
         for spec in specs:
-            if spec.model_type in RESNETS:
-                _check_image_input(obs, f"PTM {spec.name!r} ({spec.model_type})", image_side)
+            if spec.reads_image:
+                _check_image_input(obs, f"PTM {spec.name!r} ({spec.model_type})", image_side, spec.min_image_side)
                 rasterise = not obs.has_image
         ptms = [
             PreTrainedModelWrapper(
-                s, feature_dim, node_dim, graph_cnn_hidden_dim, weights_dir, checkpoint_min_nodes, image_channels
+                s, feature_dim, node_dim, graph_cnn_hidden_dim, weights_dir, checkpoint_min_nodes, image_channels,
+                image_side, obs.edge_feature_dim,
             )
             for s in specs
         ]
@@ -257,20 +252,21 @@ def build_actor_critic(
 MIN_RESNET_IMAGE = 32  # ResNets downsample 32x: below this the last stages see 1x1 padding, not the image
 
 
-def _check_min_image(who: str, side: int, what: str) -> None:
-    if side < MIN_RESNET_IMAGE:
+def _check_min_image(who: str, side: int, what: str, min_side: int = MIN_RESNET_IMAGE) -> None:
+    if side < min_side:
         raise ConfigError(
-            f"{what} is too small for {who} (ResNets downsample 32x): give it at least {MIN_RESNET_IMAGE} pixels a side, "
+            f"{what} is too small for {who} (ResNets downsample 32x): give it at least {min_side} pixels a side, "
             "or use only graph PTMs"
         )
 
 
-def _check_image_input(obs: ObservationSpec, who: str, side: int) -> None:
-    """An image PTM needs the env's image, or node positions to rasterise the node features at."""
+def _check_image_input(obs: ObservationSpec, who: str, side: int, min_side: int = MIN_RESNET_IMAGE) -> None:
+    """An image PTM needs the env's image, or node positions to rasterise the node features at; `min_side`: the
+    smallest side it takes (1 for PTMs that resize their images or read any size)."""
     if obs.has_image:
-        _check_min_image(who, side, f"the env's {side}x{side} image (coverage env: env.image_size={side})")
+        _check_min_image(who, side, f"the env's {side}x{side} image (coverage env: env.image_size={side})", min_side)
     elif obs.has_positions:
-        _check_min_image(who, side, f"actor_critic.raster_size={side}")
+        _check_min_image(who, side, f"actor_critic.raster_size={side}", min_side)
     else:
         raise ConfigError(
             f"{who} reads an image, but the env gives neither an 'image' nor node 'positions' to rasterise its node "

@@ -4,55 +4,124 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsa_lab.errors import ConfigError
-from wsa_lab.models.encoders import GraphCNN
+from wsa_lab.models.backbones import (
+    CUSTOM_INPUTS,
+    PYG_PREFIX,
+    build_backbone,
+    image_features,
+    min_image_side,
+    model_kind,
+    pooled,
+)
 from wsa_lab.models.inputs import StateInputs, run_cnn
-from wsa_lab.models.weights import GRAPH_TYPES, MODEL_TYPES, RESNETS, WEIGHT_CHOICES, freeze_batchnorm_stats, load_resnet
+from wsa_lab.models.weights import freeze_batchnorm_stats, torchvision_weights
 
-# torchvision's ImageNet normalisation, applied to every ResNet input so ImageNet and random arms see
-# the same pixels.
+# torchvision's ImageNet normalisation, applied to every torchvision model's RGB input so ImageNet and random
+# arms see the same pixels.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Keys that only some kinds of PTM take (all others take every kind).
+_ONLY_FOR = {
+    "hidden_channels": ("pyg",),
+    "num_layers": ("pyg",),
+    "target": ("custom",),
+    "input": ("custom",),
+    "out_dim": ("custom",),
+    "kwargs": ("torchvision", "pyg", "custom"),
+    "weights_path": ("torchvision", "pyg", "custom"),
+}
+_KIND_LABEL = {"torchvision": "torchvision models", "pyg": f"{PYG_PREFIX}* models", "graph_cnn": "graph_cnn",
+               "custom": "model_type: custom"}
 
 
 @dataclass
 class PTMSpec:
-    """One entry of `actor_critic.wsa.pretrained_models` (the seed's YAML block)."""
+    """One entry of `actor_critic.wsa.pretrained_models` (a `conf/ptm/*.yaml` file).
+
+    `model_type` picks the kind (see :mod:`wsa_lab.models.backbones`): a torchvision classification model by
+    name, ``pyg:<Name>`` (PyG's model zoo), ``graph_cnn`` or ``custom``.
+    """
 
     name: str  # label used in logs (wsa/attention/<name>)
-    model_type: str  # resnet18 | resnet34 | resnet50 | graph_cnn
-    weights: Optional[str] = None  # imagenet | random (ResNets); null or random (graph_cnn)
-    freeze_backbone: bool = False  # true: no gradients, BatchNorm in eval mode
-    weights_path: Optional[str] = None  # explicit ImageNet state-dict file; default: torch hub cache
+    model_type: str  # torchvision name (resnet18, convnext_tiny, ...) | pyg:<GCN|GAT|...> | graph_cnn | custom
+    # torchvision: imagenet | DEFAULT | an enum member (IMAGENET1K_V1) | random; graph PTMs, custom: null | random
+    weights: Optional[str] = None
+    freeze_backbone: bool = False  # true: no gradients, eval mode (the frozen-feature cache applies)
+    weights_path: Optional[str] = None  # torchvision: the enum's file elsewhere; pyg/custom: a state dict (strict)
+    kwargs: Optional[dict] = None  # extra constructor arguments (torchvision builder, PyG model, custom callable)
+    hidden_channels: Optional[int] = None  # pyg: width; null = actor_critic.graph_cnn_hidden_dim
+    num_layers: Optional[int] = None  # pyg: message-passing layers; null = 3 (as graph_cnn)
+    # custom: dotted path of a callable returning an nn.Module (not `_target_`: Hydra would call it while it
+    # instantiates actor_critic)
+    target: Optional[str] = None
+    input: Optional[str] = None  # custom: image | graph (what the module reads)
+    out_dim: Optional[int] = None  # custom: feature width it returns (checked); null = found by a test forward
+    image_size: Optional[int] = None  # image PTMs: resize images to this side (default: the model's own need)
 
     def __post_init__(self) -> None:
-        if self.model_type not in MODEL_TYPES:
-            raise ConfigError(f"PTM {self.name!r}: unknown model_type {self.model_type!r}; choose one of {list(MODEL_TYPES)}")
-        if self.model_type in GRAPH_TYPES:
-            if self.weights not in (None, "random"):
-                raise ConfigError(
-                    f"PTM {self.name!r}: {self.model_type} has no pre-trained weights (got weights: {self.weights}); "
-                    "use weights: null"
-                )
-            if self.weights_path:
-                raise ConfigError(f"PTM {self.name!r}: weights_path is only for ResNets with weights: imagenet")
-        elif self.weights not in WEIGHT_CHOICES:
-            raise ConfigError(f"PTM {self.name!r}: weights must be one of {list(WEIGHT_CHOICES)} for {self.model_type}, got {self.weights!r}")
-        elif self.weights_path and self.weights != "imagenet":
-            raise ConfigError(f"PTM {self.name!r}: weights_path is set but weights is {self.weights!r}; use weights: imagenet")
+        where = f"PTM {self.name!r}: "
+        kind = model_kind(self.model_type, where)
+        for key, kinds in _ONLY_FOR.items():
+            if getattr(self, key) is not None and kind not in kinds:
+                raise ConfigError(f"{where}{key} is only for {' and '.join(_KIND_LABEL[k] for k in kinds)}, not {self.model_type}")
+        for key in ("hidden_channels", "num_layers", "out_dim", "image_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{where}{key} must be a positive integer, got {value!r}")
+        if kind == "torchvision":
+            try:
+                torchvision_weights(self.model_type, self.weights)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}{exc}") from None
+            if self.weights_path and self.weights == "random":
+                raise ConfigError(f"{where}weights_path is set but weights is 'random'; use weights: imagenet (or DEFAULT, or an enum name)")
+            return
+        if self.weights not in (None, "random"):
+            own = "" if kind == "graph_cnn" else " (a state dict of your own: weights_path)"
+            raise ConfigError(
+                f"{where}{self.model_type} has no pre-trained weights (got weights: {self.weights}); use weights: null{own}"
+            )
+        if kind == "custom":
+            if not self.target:
+                raise ConfigError(f"{where}model_type: custom needs target: <package.module.callable> returning an nn.Module")
+            if self.input not in CUSTOM_INPUTS:
+                raise ConfigError(f"{where}model_type: custom needs input: image or input: graph (what it reads), got {self.input!r}")
+            if self.input == "graph" and self.image_size is not None:
+                raise ConfigError(f"{where}image_size is only for PTMs that read images")
+        elif self.image_size is not None:
+            raise ConfigError(f"{where}image_size is only for PTMs that read images, not {self.model_type}")
+
+    @property
+    def kind(self) -> str:
+        """torchvision | pyg | graph_cnn | custom."""
+        return model_kind(self.model_type)
+
+    @property
+    def reads_image(self) -> bool:
+        """True for PTMs that read `StateInputs.image` (torchvision models, custom with input: image)."""
+        kind = self.kind
+        return kind == "torchvision" or (kind == "custom" and self.input == "image")
+
+    @property
+    def min_image_side(self) -> int:
+        """Smallest image side it takes as is (32 for CNNs; 1 for PTMs that resize or read what they get)."""
+        return 1 if self.image_size else min_image_side(self.kind, self.model_type, self.weights)
 
 
 class PreTrainedModelWrapper(nn.Module):
-    r"""A backbone (ResNet on the rendered image, or Graph-CNN on the graph) + a trainable adapter.
+    r"""A backbone (torchvision model, PyG model, Graph-CNN or a researcher's module) + a trainable adapter.
 
     The adapter maps every backbone to the same `feature_dim`, so the attention can mix them.
     A frozen backbone runs under `no_grad` and stays in eval mode whatever `train()` says; a trainable
-    ImageNet backbone keeps its BatchNorm statistics fixed (see :func:`~wsa_lab.models.weights.load_resnet`).
+    backbone keeps its BatchNorm statistics fixed (see :func:`~wsa_lab.models.weights.build_torchvision`).
     A frozen backbone's output is therefore a fixed function of the state: PPO computes it once per env
     step and passes it back as `cached` in the update epochs (the frozen-feature cache).
 
@@ -70,25 +139,32 @@ class PreTrainedModelWrapper(nn.Module):
         weights_dir: str | None = None,
         checkpoint_min_nodes: int = 500,
         image_channels: int = 3,
+        image_size: int | None = None,
+        edge_dim: int = 0,
     ) -> None:
         super().__init__()
         self.spec = spec
-        self.is_image = spec.model_type in RESNETS
         self.checkpoint_min_nodes = checkpoint_min_nodes
-        if self.is_image:
-            self.backbone = load_resnet(spec.model_type, spec.weights, spec.weights_path, weights_dir, image_channels)
-            out_dim = RESNETS[spec.model_type].out_dim
+        built = build_backbone(
+            spec, node_feature_dim=node_feature_dim, edge_dim=edge_dim, image_channels=image_channels,
+            image_size=image_size, graph_hidden_dim=graph_hidden_dim, weights_dir=weights_dir,
+        )
+        self.backbone = built.module
+        self.kind = built.kind
+        self.is_image = built.reads_image
+        self.out_dim = built.out_dim  # the backbone's feature width (the adapter's input)
+        self.resize_to = built.resize_to
+        self.normalize = built.normalize
+        self.per_node = built.per_node
+        self.graph_kwargs = built.graph_kwargs
+        if self.normalize:
             # ImageNet normalisation for RGB images; other channel counts (rasterised node features) pass as they are
-            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if image_channels == 3 else ((0.0,) * image_channels, (1.0,) * image_channels)
-            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        else:
-            self.backbone = GraphCNN(node_feature_dim, graph_hidden_dim)
-            out_dim = self.backbone.out_dim
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, -1, 1, 1), persistent=False)
         if spec.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        self.adapter = nn.Sequential(nn.Linear(out_dim, feature_dim), nn.ReLU())
+        self.adapter = nn.Sequential(nn.Linear(self.out_dim, feature_dim), nn.ReLU())
 
     @property
     def frozen(self) -> bool:
@@ -99,17 +175,41 @@ class PreTrainedModelWrapper(nn.Module):
         if self.frozen:
             self.backbone.eval()
         else:
-            freeze_batchnorm_stats(self.backbone)  # see load_resnet: no batch statistics in PPO
+            freeze_batchnorm_stats(self.backbone)  # no batch statistics in PPO (see build_torchvision)
         return self
 
     def backbone_features(self, inputs: StateInputs) -> Tensor:
         """The backbone's output before the adapter, :math:`(B, D_{backbone})`."""
         with torch.no_grad() if self.frozen else nullcontext():
             if self.is_image:
-                image = (inputs.image - self.mean) / self.std
-                use_ckpt = inputs.max_graph_nodes > self.checkpoint_min_nodes
-                return run_cnn(self.backbone, image, use_ckpt)
-            return self.backbone(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
+                return self._image_features(inputs)
+            if self.kind == "graph_cnn":
+                return self.backbone(inputs.x, inputs.graph, inputs.batch, inputs.num_graphs)
+            return self._graph_features(inputs)
+
+    def _image_features(self, inputs: StateInputs) -> Tensor:
+        image = inputs.image
+        if self.normalize:
+            image = (image - self.mean) / self.std
+        if self.resize_to is not None and tuple(image.shape[-2:]) != self.resize_to:
+            image = F.interpolate(image, size=self.resize_to, mode="bilinear", align_corners=False)
+        use_ckpt = inputs.max_graph_nodes > self.checkpoint_min_nodes
+        return image_features(run_cnn(self.backbone, image, use_ckpt))
+
+    def _graph_features(self, inputs: StateInputs) -> Tensor:
+        """PyG and custom graph modules, in float32 (like the GCN stacks: sparse ops want one dtype)."""
+        available: dict[str, Any] = {
+            "batch": inputs.batch, "num_graphs": inputs.num_graphs,
+            "edge_attr": None if inputs.edge_attr is None else inputs.edge_attr.float(),
+        }
+        with torch.autocast(device_type=inputs.x.device.type, enabled=False):
+            x = inputs.x.float()
+            extra = {k: available[k] for k in self.graph_kwargs}
+            if self.kind == "pyg":  # BasicGNN.forward(x, edge_index, ..., edge_attr=, batch=, batch_size=)
+                h = self.backbone(x, inputs.edge_index, batch_size=inputs.num_graphs, **extra)
+            else:  # the custom convention: module(x, edge_index, batch[, edge_attr=][, num_graphs=])
+                h = self.backbone(x, inputs.edge_index, inputs.batch, **extra)
+        return pooled(h, inputs.batch, inputs.num_graphs) if self.per_node else h
 
     def forward(self, inputs: StateInputs, cached: Optional[Tensor] = None) -> Tensor:
         """Adapted feature :math:`(B, F)`; `cached` = this (frozen) PTM's backbone output for `inputs`."""

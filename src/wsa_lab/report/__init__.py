@@ -1,10 +1,12 @@
 """Side-by-side comparison of the ablation arms of a sweep: `python -m wsa_lab.report <folders...>`.
 
 Reads only the run folders (`summary.json`, `metrics.jsonl`), so it works offline and on any copy of
-`multirun/`. Per arm: seeds, final `eval/return` and `eval/greedy_ratio` as mean and IQM with 95%
-stratified-bootstrap CIs (rliable's definitions, fixed bootstrap seed), probability of improvement over a
-baseline arm, attention-health verdicts; figures of learning curves, attention weights and compute. Failed
-and unfinished runs are listed, never averaged in.
+`multirun/`, for runs of any env. The headline metric is the runs' own (`summary.json`'s `metric`, e.g.
+`eval/<reference>_ratio`, or `eval/return` for an env without references; `--metric` overrides it). Per arm:
+seeds, final `eval/return` and headline metric as mean and IQM with 95% stratified-bootstrap CIs (rliable's
+definitions, fixed bootstrap seed), probability of improvement over a baseline arm (with >= 2 seeds per arm),
+attention-health verdicts; figures of learning curves, attention weights and compute. Failed and unfinished
+runs, and second copies of a run (same arm, seed and files), are listed, never averaged in.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import Any, Iterable, Optional
 from wsa_lab import stats
 from wsa_lab.files import write_text_atomic
 from wsa_lab.report.analysis import (
-    FINAL_METRICS, ArmStats, BootstrapSettings, Curve, arm_stats, attention_curves, choose_baseline, learning_curve,
+    ArmStats, BootstrapSettings, Curve, arm_stats, attention_curves, choose_baseline, final_metrics, learning_curve,
 )
-from wsa_lab.report.runs import Run, load_runs
+from wsa_lab.report.runs import Run, headline_metric, load_runs, require_metrics
 
 __all__ = ["Report", "build_report", "write_report"]
 
@@ -43,19 +45,28 @@ class Report:
     def excluded(self) -> list[Run]:
         return [r for r in self.runs if not r.included]
 
+    @property
+    def final_metrics(self) -> tuple[str, ...]:
+        return final_metrics(self.metric)
+
 
 def build_report(
     paths: Iterable[str | Path],
     baseline: Optional[str] = None,
-    metric: str = "eval/greedy_ratio",
+    metric: Optional[str] = None,
     boot: Optional[BootstrapSettings] = None,
     curve_statistic: str = "iqm",
 ) -> Report:
-    """Load every run under `paths` and compute the per-arm statistics and curves (no files written)."""
+    """Load every run under `paths` and compute the per-arm statistics and curves (no files written).
+
+    `metric`: the comparison metric; None = the runs' own headline metric (a ValueError if they differ).
+    """
     boot = boot or BootstrapSettings()
-    runs, notes = load_runs(paths, tuple(dict.fromkeys((*FINAL_METRICS, metric))))
+    runs, notes = load_runs(paths)
     if not runs:
         raise FileNotFoundError(f"no summary.json found under {', '.join(map(str, paths))}")
+    metric = metric or headline_metric(runs)
+    require_metrics(runs, final_metrics(metric))
     included_arms = list(dict.fromkeys(r.arm for r in sorted(runs, key=lambda r: (str(r.summary.get("phase")), r.arm)) if r.included))
     base = choose_baseline(included_arms, baseline)
     arms = arm_stats(runs, base, metric, boot)
@@ -63,7 +74,7 @@ def build_report(
     report = Report(runs, arms, base, metric, curve_statistic, boot, notes=notes)
     for arm in arms:
         members = [r for r in runs if r.included and r.arm == arm]
-        report.curves[arm] = {m: learning_curve(members, m, statistic, boot) for m in FINAL_METRICS}
+        report.curves[arm] = {m: learning_curve(members, m, statistic, boot) for m in report.final_metrics}
         report.attention[arm] = attention_curves(members)
     return report
 
@@ -83,8 +94,8 @@ def fmt_estimate(e: Optional[stats.Estimate], digits: int = 3) -> str:
 
 def arm_table(report: Report) -> list[list[str]]:
     header = [
-        "arm", "phase", "PTMs", "seeds", "eval/return IQM [95% CI]", "eval/return mean [95% CI]",
-        "eval/greedy_ratio IQM [95% CI]", "eval/greedy_ratio mean [95% CI]",
+        "arm", "phase", "PTMs", "seeds",
+        *(f"{m} {stat} [95% CI]" for m in report.final_metrics for stat in ("IQM", "mean")),
         f"P({report.metric.split('/')[-1]} > {report.baseline})" if report.baseline else "P(improvement)",
         "attention health", "wall time (s)", "SPS",
     ]
@@ -95,15 +106,24 @@ def arm_table(report: Report) -> list[list[str]]:
             ptms += f" ({a.fusion})"
         seeds = f"{len(a.seeds)}" + (f" (+{a.excluded} left out)" if a.excluded else "")
         cells = [arm, str(a.phase or "-"), ptms, seeds]
-        for m in FINAL_METRICS:
+        for m in report.final_metrics:
             est = a.final.get(m, {})
             cells += [fmt_estimate(est.get("iqm")), fmt_estimate(est.get("mean"))]
-        cells.append("baseline" if arm == report.baseline else fmt_estimate(a.improvement, 2))
+        cells.append(improvement_cell(report, arm, a))
         cells.append(", ".join(f"{v} x{n}" for v, n in sorted(a.health.items())) or "-")
         cells.append(fmt(float(sum(a.wall_time_s) / len(a.wall_time_s)), 1) if a.wall_time_s else "-")
         cells.append(fmt(float(sum(a.sps) / len(a.sps)), 1) if a.sps else "-")
         rows.append(cells)
     return rows
+
+
+def improvement_cell(report: Report, arm: str, a: ArmStats) -> str:
+    """P(arm > baseline) with its CI; `n/a (why)` when it cannot be estimated (e.g. one seed per arm)."""
+    if arm == report.baseline:
+        return "baseline"
+    if a.improvement is None and a.improvement_note:
+        return f"n/a ({a.improvement_note})"
+    return fmt_estimate(a.improvement, 2)
 
 
 def markdown_table(rows: list[list[str]]) -> str:
@@ -126,10 +146,10 @@ def runs_table(report: Report, out_dir: Path, included: bool) -> list[list[str]]
             return str(p)
 
     if included:
-        rows = [["arm", "seed", "eval/return", "eval/greedy_ratio", "health", "folder"]]
+        rows = [["arm", "seed", *report.final_metrics, "health", "folder"]]
         for r in sorted((r for r in report.runs if r.included), key=lambda r: (r.arm, str(r.seed))):
             rows.append([
-                r.arm, str(r.seed), fmt(r.summary.get("eval/return")), fmt(r.summary.get("eval/greedy_ratio")),
+                r.arm, str(r.seed), *(fmt(r.summary.get(m)) for m in report.final_metrics),
                 str(r.summary.get("wsa/health/verdict", "-")), rel(r.path),
             ])
         return rows
@@ -154,7 +174,8 @@ def render_markdown(report: Report, out_dir: Path, sources: list[str]) -> str:
         f"({b.reps} resamples, bootstrap seed {b.seed}: rerunning gives the same numbers). "
         f"P(X > {report.baseline}) is the probability that a random run of the arm beats a random run of the "
         f"baseline on `{report.metric}` (Mann-Whitney, ties 1/2), with a bootstrap CI. "
-        "With fewer than 2 seeds no interval is given.",
+        "With fewer than 2 seeds no interval is given, and P(X > baseline) needs >= 2 seeds in both arms "
+        "(one run against one is a single comparison, 0, 1/2 or 1: shown as n/a).",
         "",
     ]
     for note in report.notes:
@@ -171,7 +192,7 @@ def render_markdown(report: Report, out_dir: Path, sources: list[str]) -> str:
     lines += ["## Runs", "", markdown_table(runs_table(report, out_dir, included=True)), ""]
     if report.excluded:
         lines += [
-            "## Runs left out (failed or unfinished)", "",
+            "## Runs left out (failed, unfinished or duplicates)", "",
             markdown_table(runs_table(report, out_dir, included=False)), "",
         ]
     return "\n".join(lines)
@@ -186,13 +207,15 @@ def _estimate_json(e: Optional[stats.Estimate]) -> Any:
 def report_json(report: Report) -> dict[str, Any]:
     arms = {}
     for arm, a in report.arms.items():
-        d = {k: v for k, v in asdict(a).items() if k not in ("final", "improvement")}
+        d = {k: v for k, v in asdict(a).items() if k not in ("final", "improvement", "improvement_note")}
         d["final"] = {m: {k: _estimate_json(e) for k, e in est.items()} for m, est in a.final.items()}
         d["improvement_over_baseline"] = _estimate_json(a.improvement)
+        d["improvement_note"] = a.improvement_note
         arms[arm] = d
     return {
         "baseline": report.baseline,
         "metric": report.metric,
+        "final_metrics": list(report.final_metrics),
         "bootstrap": asdict(report.boot),
         "curve_statistic": report.curve_statistic,
         "arms": arms,
@@ -211,7 +234,7 @@ def write_report(report: Report, out_dir: Path, sources: list[str], plots: bool 
         from wsa_lab.report import plots as p
 
         figures = {
-            "learning_curves": p.learning_curves(report.curves, list(FINAL_METRICS), report.curve_statistic, out_dir / "learning_curves.png"),
+            "learning_curves": p.learning_curves(report.curves, list(report.final_metrics), report.curve_statistic, out_dir / "learning_curves.png"),
             "attention": p.attention_evolution(report.attention, out_dir / "attention.png"),
             "compute": p.compute_cost(report.arms, out_dir / "compute.png"),
         }

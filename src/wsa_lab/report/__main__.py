@@ -25,7 +25,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("paths", nargs="+", help="sweep folders, run folders, or any folder above them (searched recursively)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <the one folder given>/report, else ./report)")
     parser.add_argument("--baseline", default=None, help="arm to compare against (default: an arm named *baseline*, else the first)")
-    parser.add_argument("--metric", default="eval/greedy_ratio", help="summary metric for the probability of improvement")
+    parser.add_argument(
+        "--metric", default=None,
+        help="summary metric to compare (final scores, probability of improvement); default: the runs' own headline "
+        "metric (summary.json's `metric`)",
+    )
     parser.add_argument("--curve", choices=("iqm", "mean"), default="iqm", help="statistic of the learning curves over seeds")
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (fixed: reports are reproducible)")

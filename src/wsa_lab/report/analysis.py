@@ -12,7 +12,14 @@ import numpy as np
 from wsa_lab import stats
 from wsa_lab.report.runs import Run
 
-FINAL_METRICS = ("eval/return", "eval/greedy_ratio")
+RETURN_METRIC = "eval/return"
+#: P(arm > baseline) from one run per arm is one comparison (0, 1/2 or 1), not an estimate.
+NEEDS_SEEDS = "needs >= 2 seeds per arm"
+
+
+def final_metrics(metric: str) -> tuple[str, ...]:
+    """The final scores the report shows per arm and run: `eval/return` and the headline metric."""
+    return tuple(dict.fromkeys((RETURN_METRIC, metric)))
 
 
 @dataclass
@@ -33,6 +40,7 @@ class ArmStats:
     seeds: list[Any]
     final: dict[str, dict[str, stats.Estimate]] = field(default_factory=dict)  # metric -> {"mean", "iqm"}
     improvement: Optional[stats.Estimate] = None  # P(this arm > baseline) on the comparison metric
+    improvement_note: Optional[str] = None  # why there is no improvement estimate (e.g. NEEDS_SEEDS)
     health: dict[str, int] = field(default_factory=dict)  # verdict -> runs
     wall_time_s: list[float] = field(default_factory=list)
     sps: list[float] = field(default_factory=list)
@@ -74,7 +82,7 @@ def arm_stats(
             arm=arm, phase=first.get("phase"), ptm_names=list(first.get("ptm_names") or []), fusion=first.get("fusion"),
             seeds=[r.seed for r in members], excluded=excluded.get(arm, 0),
         )
-        for m in FINAL_METRICS + ((metric,) if metric not in FINAL_METRICS else ()):
+        for m in final_metrics(metric):
             x = final_scores(members, m)
             a.final[m] = {
                 "mean": stats.bootstrap_ci(x, stats.mean, boot.reps, boot.confidence, boot.seed),
@@ -90,9 +98,13 @@ def arm_stats(
     if baseline is not None and baseline in included:
         y = final_scores(included[baseline], metric)
         for arm, members in included.items():
-            if arm != baseline:
-                x = final_scores(members, metric)
-                out[arm].improvement = stats.probability_of_improvement_ci(x, y, boot.reps, boot.confidence, boot.seed)
+            if arm == baseline:
+                continue
+            if min(len(members), len(y)) < 2:
+                out[arm].improvement_note = NEEDS_SEEDS
+                continue
+            x = final_scores(members, metric)
+            out[arm].improvement = stats.probability_of_improvement_ci(x, y, boot.reps, boot.confidence, boot.seed)
     return out
 
 

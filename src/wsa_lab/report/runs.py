@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -19,6 +21,13 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     arm: str = ""
     problem: Optional[str] = None  # why the run is left out of the statistics (None = included)
+    fingerprint: str = ""  # sha256 of metrics.jsonl + summary.json: a copied run folder has the same
+
+    @property
+    def metric(self) -> Optional[str]:
+        """The run's headline metric (summary.json's `metric`, written by train), or None for older runs."""
+        value = self.summary.get("metric")
+        return str(value) if value else None
 
     @property
     def seed(self) -> Any:
@@ -52,7 +61,8 @@ class Run:
 
 
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Every folder holding a `summary.json`: the given run folders, or any found below the given folders."""
+    """Every folder holding a `summary.json`: the given run folders, or any found below the given folders (sorted),
+    in the order of `paths`."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_file() and p.name == "summary.json":
@@ -65,15 +75,13 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
                     found.append(summary.parent)
         else:
             raise FileNotFoundError(f"{p}: no such run folder, sweep folder or summary.json")
-    return sorted(dict.fromkeys(d.resolve() for d in found))
+    return list(dict.fromkeys(d.resolve() for d in found))  # in the order given (a run given twice: the first stays)
 
 
-def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Records of metrics.jsonl; a torn last line (a killed run) is skipped and counted."""
+def _read_metrics(text: str) -> tuple[list[dict[str, Any]], int]:
+    """Records of metrics.jsonl's text; a torn last line (a killed run) is skipped and counted."""
     records, bad = [], 0
-    if not path.is_file():
-        return records, bad
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
@@ -83,13 +91,20 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, bad
 
 
-def load_run(run_dir: Path, metrics: tuple[str, ...]) -> Run:
+def load_run(run_dir: Path) -> Run:
+    """One run folder; a failed or unfinished run is marked left out (with why)."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        summary_bytes = (run_dir / "summary.json").read_bytes()
+        summary = json.loads(summary_bytes.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return Run(run_dir, {}, arm="?", problem=f"unreadable summary.json ({exc})")
-    records, _bad = _read_metrics(run_dir / "metrics.jsonl")
-    run = Run(run_dir, summary, records, arm=str(summary.get("name") or run_dir.name))
+    if not isinstance(summary, dict):
+        return Run(run_dir, {}, arm="?", problem=f"unreadable summary.json (a {type(summary).__name__}, not an object)")
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics_bytes = metrics_file.read_bytes() if metrics_file.is_file() else b""
+    records, _bad = _read_metrics(metrics_bytes.decode("utf-8", errors="replace"))
+    fingerprint = hashlib.sha256(metrics_bytes + b"\0" + summary_bytes).hexdigest()
+    run = Run(run_dir, summary, records, arm=str(summary.get("name") or run_dir.name), fingerprint=fingerprint)
     status = run.status
     if status == "failed":
         error = summary.get("error") or "no error message"
@@ -97,11 +112,48 @@ def load_run(run_dir: Path, metrics: tuple[str, ...]) -> Run:
     elif status != "completed":
         last = max((int(r["global_step"]) for r in records if "global_step" in r), default=0)
         run.problem = f"unfinished (status {status!r}, last logged step {last})"
-    else:
-        missing = [m for m in metrics if not isinstance(summary.get(m), (int, float))]
-        if missing:
-            run.problem = f"completed but summary.json lacks {', '.join(missing)}"
     return run
+
+
+def require_metrics(runs: list[Run], metrics: tuple[str, ...]) -> None:
+    """Leave out the included runs whose summary.json lacks one of `metrics` (with why)."""
+    for run in runs:
+        missing = [m for m in metrics if not isinstance(run.summary.get(m), (int, float))]
+        if run.included and missing:
+            run.problem = f"completed but summary.json lacks {', '.join(missing)}"
+
+
+def skip_duplicates(runs: list[Run]) -> list[str]:
+    """Count a run given twice (e.g. a copied run folder) once: of the included runs with the same arm, seed and
+    metrics.jsonl + summary.json content, the first (in the order given) stays and the others are left out naming it.
+    Returns one note per arm and seed that still has several (different) runs: both are counted."""
+    kept: dict[tuple[str, str, str], Run] = {}
+    for run in runs:
+        if not run.included:
+            continue
+        key = (run.arm, str(run.seed), run.fingerprint)
+        if key in kept:
+            run.problem = f"duplicate of {kept[key].path} (same arm, seed, metrics.jsonl and summary.json)"
+        else:
+            kept[key] = run
+    seeds = Counter((r.arm, str(r.seed)) for r in runs if r.included)
+    return [
+        f"arm {arm!r} has {n} different completed runs with seed {seed}: all are counted (not independent seeds)"
+        for (arm, seed), n in seeds.items() if n > 1
+    ]
+
+
+def headline_metric(runs: list[Run]) -> str:
+    """The headline metric the included runs name in summary.json (`eval/return` when none does); runs naming
+    different ones are a ValueError (one line) that suggests --metric."""
+    counts = Counter(r.metric for r in runs if r.included and r.metric)
+    if len(counts) > 1:
+        listed = ", ".join(f"{m}: {n} run{'s' if n > 1 else ''}" for m, n in counts.most_common())
+        raise ValueError(
+            f"the runs have different headline metrics ({listed}); choose the one to compare with --metric "
+            "(runs without it are left out), or report them separately"
+        )
+    return next(iter(counts), "eval/return")
 
 
 def split_heterogeneous_arms(runs: list[Run]) -> list[str]:
@@ -133,8 +185,10 @@ def split_heterogeneous_arms(runs: list[Run]) -> list[str]:
     return notes
 
 
-def load_runs(paths: Iterable[str | Path], metrics: tuple[str, ...] = ("eval/return", "eval/greedy_ratio")) -> tuple[list[Run], list[str]]:
-    """All runs under `paths`, each marked included or not (with why), and notes on how arms were formed."""
-    runs = [load_run(d, metrics) for d in find_run_dirs(paths)]
+def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
+    """All runs under `paths`, each marked included or not (with why; duplicates too), and notes on how arms were
+    formed. The caller then leaves out the runs that lack the metrics it compares (:func:`require_metrics`)."""
+    runs = [load_run(d) for d in find_run_dirs(paths)]
     notes = split_heterogeneous_arms(runs)
+    notes += skip_duplicates(runs)
     return runs, notes

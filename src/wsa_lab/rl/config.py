@@ -13,7 +13,7 @@ class PPOConfig:
     total_timesteps: int = 12_288
     """environment steps (all envs together) the run trains for"""
     num_envs: int = 16
-    """environments stepped together (one batched CoverageEnv)"""
+    """environments stepped together (one vector env of the env contract)"""
     num_steps: int = 32
     """steps per environment in each rollout"""
     learning_rate: float = 3e-4

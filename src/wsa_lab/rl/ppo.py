@@ -98,9 +98,12 @@ class PPO:
                 if fusion.weights is not None:
                     attention.append(fusion.weights)
                 norms.append(fusion.features.norm(dim=-1))
-            obs, reward, terminated, truncated, info = self.env.step(
-                out.action.node, spec.policy_to_env(out.action.continuous)
-            )
+            try:
+                obs, reward, terminated, truncated, info = self.env.step(
+                    out.action.node, spec.policy_to_env(out.action.continuous)
+                )
+            except EnvError as exc:
+                raise EnvError(f"{exc} (training global_step {self.global_step}; the last good checkpoint is kept)") from exc
             if not bool(torch.isfinite(reward).all()):
                 bad = int((~torch.isfinite(reward)).nonzero()[0])
                 raise EnvError(

@@ -1,0 +1,137 @@
+"""Checks that must pass before Hydra writes anything: a Hydra callback (`hydra.callbacks.startup_guard`).
+
+Hydra creates the run folder, writes `.hydra/{config,overrides,hydra}.yaml` and opens its log file before the
+task function (`wsa_lab.__main__.main`) runs. What must never reach the disk, or never be created, is
+therefore checked in `on_run_start` / `on_multirun_start`, which Hydra calls before any of that:
+
+- a secret in the config (an API key, a token, a password): refused, so it is written nowhere;
+- `name` that is not a plain name (``name=../../x`` would put the run folder outside `runs/`);
+- ``ptm=[a,a]``: the `ptm` group keeps one entry per name, so the second would be dropped silently;
+- an output folder that is a file, or sits under a read-only or missing-permission folder.
+
+Each prints one line (``wsa_lab: error: ...``) and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from wsa_lab.errors import ConfigError
+
+#: Config keys that hold secrets, wherever they appear (W&B reads its key from `wandb login` / $WANDB_API_KEY).
+SECRET_KEYS = ("api_key", "wandb_api_key", "token", "password", "secret")
+#: A run's `name` becomes part of folder names: letters, digits and ._-+= only, not starting with a dot.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]*$")
+
+#: Set by `on_run_start`: whether this process created the run folder (a failed start may then remove it).
+created_run_dir: Path | None = None
+
+
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            value = node._get_node(key)
+            path = f"{prefix}.{key}" if prefix else str(key)
+            yield path, value
+            yield from _walk(value, path)
+    elif isinstance(node, ListConfig):
+        for i, value in enumerate(node._iter_ex(resolve=False)):
+            yield from _walk(value, f"{prefix}[{i}]")
+
+
+def secret_keys(cfg: DictConfig) -> list[str]:
+    """Config paths whose last key names a secret (`logger.wandb.api_key`, ...); `hydra` itself is skipped."""
+    found = []
+    for path, _ in _walk(cfg):
+        if path.startswith("hydra."):
+            continue
+        last = path.rsplit(".", 1)[-1].split("[")[0].lower()
+        if last in SECRET_KEYS or (last == "key" and path.startswith("logger.")):
+            found.append(path)
+    return found
+
+
+def check_secrets(cfg: DictConfig) -> None:
+    keys = secret_keys(cfg)
+    if keys:
+        raise ConfigError(
+            f"{keys[0]}: never put keys or passwords in the config (it is saved in the run folder and sent to W&B); "
+            "run `wandb login` once or export WANDB_API_KEY in the job's environment"
+        )
+
+
+def check_name(name: Any) -> None:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"name={name!r} must be a plain name (letters, digits and . _ - + =, not starting with a dot): it becomes "
+            "part of the run folder's name; to choose the folder itself, set hydra.run.dir"
+        )
+
+
+def check_ptm_overrides(overrides: list[str]) -> None:
+    """`ptm=[a,b,a]` on the command line: the group would keep `a` once; say so instead."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.key_or_group != "ptm" or not isinstance(override.value(), list):
+            continue
+        names = [str(v) for v in override.value()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(
+                f"ptm={override.input_line.split('=', 1)[1]} names {', '.join(twice)} twice; each PTM config is one "
+                f"entry of the pool: to use the same model twice, copy conf/ptm/{twice[0]}.yaml under a new name "
+                "(with its own `name:`), e.g. in your --config-dir"
+            )
+
+
+def check_output_dir(path: Path, key: str) -> None:
+    """The folder can be created and written: not a file, and its nearest existing folder is writable."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{key}={path} is a file, not a folder; choose another {key}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        where = "is not writable" if existing.is_dir() else "is not a folder"
+        raise ConfigError(f"cannot create or write the output folder {path}: {existing} {where}; set {key} to a writable folder")
+
+
+def _fail(exc: ConfigError) -> None:
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    print(f"wsa_lab: error: {exc}", file=sys.stderr)
+    sys.exit(1)
+
+
+class StartupGuard(Callback):
+    """The checks above, before Hydra writes anything (see the module docstring)."""
+
+    def _check_job(self, config: DictConfig) -> None:
+        check_secrets(config)
+        check_name(OmegaConf.select(config, "name", default=None))
+        check_ptm_overrides(list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global created_run_dir
+        try:
+            self._check_job(config)
+            run_dir = Path(str(config.hydra.run.dir)).absolute()
+            check_output_dir(run_dir, "hydra.run.dir")
+        except ConfigError as exc:
+            _fail(exc)
+            return
+        created_run_dir = None if run_dir.exists() else run_dir
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._check_job(config)
+            check_output_dir(Path(str(config.hydra.sweep.dir)).absolute(), "hydra.sweep.dir")
+        except ConfigError as exc:
+            _fail(exc)

@@ -173,7 +173,8 @@ def test_metrics_writer_notices_each_deletion_once(tmp_path: Path, caplog):
 @pytest.mark.parametrize(
     "code, where, fragment",
     [
-        (errno.ENOSPC, "write", "no space left on device (ENOSPC); free space on that disk or choose another hydra.run.dir"),
+        (errno.ENOSPC, "write",
+         "no space left on device (ENOSPC); free space on that disk or choose another hydra.run.dir"),
         (errno.EDQUOT, "write", "disk quota exceeded (EDQUOT)"),
         (errno.EROFS, "rename", "read-only file system (EROFS); choose another hydra.run.dir on a writable file system"),
     ],
@@ -226,6 +227,16 @@ def test_metrics_writer_on_a_full_disk_leaves_complete_lines(tmp_path: Path, mon
     monkeypatch.setattr(os, "write", real_write)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"global_step": 0, "a": 1.0}\n'  # no torn half line
     writer.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_metrics_writer_on_a_device_that_is_really_full(tmp_path: Path):
+    """A real ENOSPC from the kernel: /dev/full accepts the open and fails every write."""
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
+    with MetricsWriter(tmp_path) as writer, pytest.raises(OutputFolderError) as failed:
+        writer.log({"a": 1.0}, 0)
+    assert failed.value.errno == errno.ENOSPC and "\n" not in str(failed.value)
+    assert "no space left on device (ENOSPC)" in str(failed.value)
 
 
 def test_sweep_index_on_a_full_disk_names_the_sweep_folder_setting(tmp_path: Path, monkeypatch):
@@ -479,7 +490,8 @@ def test_a_second_process_into_a_live_run_folder_is_refused_and_resumes_after_si
 
 
 def local_sweep(args: list[str], sweep_dir: Path, tmp_path: Path, torch_home: Path) -> subprocess.Popen:
-    return cli(["-m", "hydra/launcher=local_parallel", *CLI_RUN, *args, f"hydra.sweep.dir={sweep_dir}"], tmp_path, torch_home)
+    args = ["-m", "hydra/launcher=local_parallel", *CLI_RUN, *args, f"hydra.sweep.dir={sweep_dir}"]
+    return cli(args, tmp_path, torch_home)
 
 
 def job_records(sweep_dir: Path) -> dict[int, dict]:

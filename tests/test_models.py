@@ -26,7 +26,7 @@ from wsa_lab.models import (
 )
 from wsa_lab.models.weights import load_resnet, weights_file_name
 
-SEED_PTMS = [  # the seed's recommended configuration, written as in its YAML
+SEED_PTMS = [  # the WSA design summary's recommended configuration, written as in its YAML
     {"name": "resnet18_imagenet", "model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},
     {"name": "graph_cnn", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False},
     {"name": "resnet18_random", "model_type": "resnet18", "weights": "random", "freeze_backbone": False},
@@ -217,7 +217,7 @@ def test_corrupt_weight_file_is_an_error_not_random_weights(tmp_path: Path):
     "entry,match",
     [
         ({"name": "g", "model_type": "graph_cnn", "weights": "imagenet"}, "graph_cnn has no pre-trained weights"),
-        ({"name": "x", "model_type": "resnet101", "weights": "imagenet"}, "unknown model_type 'resnet101'"),
+        ({"name": "x", "model_type": "resnet1O1", "weights": "imagenet"}, "unknown model_type 'resnet1O1' \\(did you mean 'resnet101'\\?\\)"),
         ({"name": "r", "model_type": "resnet18", "weights": "imagnet"}, "weights must be one of"),
         ({"name": "r", "model_type": "resnet18", "weights": "random", "freeze": True}, "did you mean 'freeze_backbone'"),
         ({"name": "r", "model_type": "resnet18", "weights": "random", "freeze_backbone": "yes"}, "expected bool"),

@@ -187,7 +187,8 @@ class StopSignals:
         if signum not in self.received:
             self.received.append(signum)
             again = " (Ctrl-C again: stop at once, without it)" if signum == signal.SIGINT else ""
-            log.warning("received %s: stopping after this iteration, with a checkpoint%s", signal.Signals(signum).name, again)
+            name = signal.Signals(signum).name
+            log.warning("received %s: stopping after this iteration, with a checkpoint%s", name, again)
 
     @property
     def requested(self) -> bool:

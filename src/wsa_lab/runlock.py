@@ -379,6 +379,18 @@ def _warn_no_flock(path: Path, exc: OSError) -> None:
         )
 
 
+def holder_of(run_dir: str | Path) -> dict[str, Any] | None:
+    """Who holds `run_dir` now, if a live process other than this one does (else None). Takes and gives back
+    the lock to find out; a folder that does not exist is free (and is not created)."""
+    if not Path(run_dir).is_dir():
+        return None
+    try:
+        RunLock(run_dir).acquire().release()
+    except RunFolderBusyError as exc:
+        return exc.holder
+    return None
+
+
 def held_locks() -> list[str]:
     """The lock files this process holds (for tests and diagnostics)."""
     with _registry_lock:

@@ -1,6 +1,7 @@
 """Aggregate statistics over seeds, after rliable (Agarwal et al., 2021): mean, IQM, stratified
 bootstrap confidence intervals, probability of improvement. Plain numpy with an explicit RNG, so every
-report is reproducible (rliable itself samples with the global numpy RNG, see FACTS.md).
+report is reproducible (rliable 1.2 ignores its `random_state` argument and samples with the global numpy
+RNG, and it pins `arch<8`, which fails to import with pandas 3).
 
 Scores are (runs,) or (runs, tasks). As in rliable, an aggregate (mean, IQM) is taken over all runs x tasks
 together, and the stratified bootstrap resamples runs with replacement within each task; confidence

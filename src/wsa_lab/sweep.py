@@ -41,7 +41,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from wsa_lab.errors import RunFolderBusyError
+from wsa_lab.errors import RunFolderBusyError, WsaLabError
 from wsa_lab.files import output_error, write_text_atomic
 from wsa_lab.runlock import RunLock
 
@@ -198,8 +198,9 @@ def _unlock_folder(folder: Path) -> None:
         lock.release()
 
 
-def _refuse_run(exc: RunFolderBusyError) -> None:
-    """A single run into a folder a live run holds: one line, exit code 1 (HYDRA_FULL_ERROR=1: the traceback)."""
+def _refuse_run(exc: WsaLabError) -> None:
+    """A single run into a folder a live run holds (or that cannot be written): one line, exit code 1
+    (HYDRA_FULL_ERROR=1: the traceback)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise exc
     print(f"wsa_lab: error: {exc}", file=sys.stderr, flush=True)
@@ -228,7 +229,7 @@ class SweepIndex(Callback):
             return
         try:
             _lock_folder(folder, "choose another hydra.run.dir")
-        except RunFolderBusyError as exc:
+        except WsaLabError as exc:  # busy, or the disk is full / read-only
             _refuse_run(exc)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -247,9 +248,11 @@ class SweepIndex(Callback):
         multirun = config.hydra.mode == RunMode.MULTIRUN
         try:
             _lock_folder(folder, "choose another hydra.sweep.dir" if multirun else "choose another hydra.run.dir")
-        except RunFolderBusyError as exc:
+        except WsaLabError as exc:
             if not multirun:
                 _refuse_run(exc)
+            if not isinstance(exc, RunFolderBusyError):
+                raise
             # another process runs this job: leave its folder and index entry alone; `train` refuses this one
             logging.getLogger(__name__).error("job #%s not started: %s", config.hydra.job.num, exc)
             return

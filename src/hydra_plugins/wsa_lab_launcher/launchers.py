@@ -41,6 +41,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import OmegaConf
 
 from wsa_lab import sweep
+from wsa_lab.runlock import describe, holder_of
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,15 @@ class _WaitForAll(BaseSubmititLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         params = []
+        records = {r["num"]: r for r in sweep.read_jobs(sweep_dir)}
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            sweep.update_job(sweep_dir, idx, overrides=list(filter_overrides(overrides)), state="pending")
+            record = records.get(idx, {})
+            holder = holder_of(sweep_dir / record["folder"]) if record.get("folder") else None
+            if holder is not None:  # rerun while the job still runs elsewhere: its entry stays true; it refuses this one
+                log.warning("job #%d is still running (%s); its index entry is left as it is", idx, describe(holder))
+            else:
+                sweep.update_job(sweep_dir, idx, overrides=list(filter_overrides(overrides)), state="pending")
             params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         return sweep_dir, params
 
@@ -303,7 +310,10 @@ class LocalParallelLauncher(_WaitForAll):
         waiting = list(enumerate(params, start=initial_job_idx))
         running: dict[int, Any] = {}
         returns: dict[int, JobReturn] = {}
-        what = f"stopping the running jobs (each writes a checkpoint; at most {self.stop_grace_s:.0f} s; Ctrl-C again: at once)"
+        what = (
+            f"stopping the running jobs (each writes a checkpoint; at most {self.stop_grace_s:.0f} s; "
+            "Ctrl-C again: at once)"
+        )
         with _StopRequest(what) as stop:
             while (waiting or running) and not stop.requested:
                 while waiting and len(running) < self.max_parallel and not stop.requested:
@@ -352,7 +362,8 @@ class LocalParallelLauncher(_WaitForAll):
                 seen = len(stop.signals)
                 if seen > 2:
                     break  # a third Ctrl-C: kill them now
-                log.warning("second %s: the jobs stop at once, without a new checkpoint", signal.Signals(stop.signals[-1]).name)
+                name = signal.Signals(stop.signals[-1]).name
+                log.warning("second %s: the jobs stop at once, without a new checkpoint", name)
                 for job in running.values():
                     _signal_job(job, signal.SIGINT)  # a SIGINT after SIGTERM: train stops at once
                 deadline = min(deadline, time.monotonic() + 10)
@@ -368,7 +379,7 @@ class LocalParallelLauncher(_WaitForAll):
             overrides = job_overrides[idx - initial_job_idx]
             record = records.get(idx, {})
             if idx not in killed and job.paths.result_pickle.exists():
-                _note_refused(super()._collect(job, sweep_dir, idx, overrides), idx)  # ended meanwhile: its result
+                super()._collect(job, sweep_dir, idx, overrides)  # it ended meanwhile: its own result
                 continue
             if record.get("state") != "running" or not record.get("folder"):
                 not_started += 1  # stopped before it reached training: still `pending`
@@ -380,7 +391,10 @@ class LocalParallelLauncher(_WaitForAll):
                 why = f"killed after the {self.stop_grace_s:.0f} s grace period; {resumes}"
             elif state["status"] == "interrupted":
                 stopped += 1
-                why = f"stopped by the sweep's {signal.Signals(signum).name} with a checkpoint at global_step {state['global_step']}"
+                why = (
+                    f"stopped by the sweep's {signal.Signals(signum).name} with a checkpoint at global_step "
+                    f"{state['global_step']}"
+                )
             else:
                 code = _task_exit(job)
                 why = f"stopped ({describe_exit(code) if code != 'unknown' else 'no exit code'}); {resumes}"

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from wsa_lab.contract import ActionSpec, GraphBatch, ObservationSpec
 from wsa_lab.models.actors import ActorFeatures, StandardActor, WSAEnhancedActor
 from wsa_lab.models.encoders import StateEncoder
-from wsa_lab.models.fusion import FusedFeatures, MultiPTMFeatureExtractor
+from wsa_lab.models.attention import build_attention
+from wsa_lab.models.fusion import STATE_ENCODER, FusedFeatures, MultiPTMFeatureExtractor
 from wsa_lab.models.gpu import GPUConfig, accelerated, autocast, prepare_cnn_bodies
 from wsa_lab.models.heads import HybridAction, HybridActionHead, mlp
 from wsa_lab.models.inputs import StateInputs
@@ -23,8 +24,25 @@ from wsa_lab.schema import structured
 
 @dataclass
 class AttentionConfig:
+    """`actor_critic.wsa.attention` (the `attention` config group; every key is documented in its YAML)."""
+
+    kind: str = "additive"
     hidden_dim: int = 128
     dropout: float = 0.1
+    temperature: float = 1.0
+    uniform_init: bool = False
+    uniform_warmup_steps: int = 0
+    lr_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hidden_dim, bool) or self.hidden_dim < 1:
+            raise ConfigError(f"actor_critic.wsa.attention.hidden_dim must be >= 1, got {self.hidden_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"actor_critic.wsa.attention.dropout must be in [0, 1), got {self.dropout}")
+        if self.uniform_warmup_steps < 0:
+            raise ConfigError(f"actor_critic.wsa.attention.uniform_warmup_steps must be >= 0, got {self.uniform_warmup_steps}")
+        if not (math.isfinite(self.lr_scale) and self.lr_scale > 0):
+            raise ConfigError(f"actor_critic.wsa.attention.lr_scale must be a finite number > 0, got {self.lr_scale}")
 
 
 @dataclass
@@ -37,6 +55,8 @@ class WSALoggingConfig:
 class WSAConfig:
     enabled: bool = True
     fusion: str = "wsa"
+    adapter: str = "relu"
+    context: str = STATE_ENCODER
     pretrained_models: list = field(default_factory=list)
     attention: dict = field(default_factory=dict)
     logging: dict = field(default_factory=dict)
@@ -78,6 +98,8 @@ class ActorCritic(nn.Module):
         frozen_feature_cache: bool = True,
         gpu: Optional[GPUConfig] = None,
         raster_size: Optional[int] = None,
+        attention_lr_scale: float = 1.0,
+        uniform_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.actor = actor
@@ -90,6 +112,9 @@ class ActorCritic(nn.Module):
         self.frozen_feature_cache = frozen_feature_cache
         self.gpu = gpu or GPUConfig()
         self.raster_size = raster_size  # set: image PTMs read node features rasterised to this side (no env image)
+        # the design summary's attention knobs, applied by the trainer (param_groups, hold_uniform)
+        self.attention_lr_scale = attention_lr_scale
+        self.uniform_warmup_steps = uniform_warmup_steps
 
     @property
     def uses_wsa(self) -> bool:
@@ -103,6 +128,29 @@ class ActorCritic(nn.Module):
     def cacheable(self) -> bool:
         """True when the frozen-feature cache is on and some PTM is frozen (else it has nothing to do)."""
         return self.frozen_feature_cache and self.uses_wsa and bool(self.actor.extractor.frozen_indices)
+
+    @property
+    def attention(self) -> Optional[nn.Module]:
+        """The Weight Sharing Attention module (None for the Standard Actor and `mean`/`concat` fusion)."""
+        return self.actor.extractor.attention if self.uses_wsa else None
+
+    def param_groups(self, learning_rate: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: the attention's parameters at `learning_rate * attention_lr_scale` (the
+        design summary's "attention learning rate"), everything else at `learning_rate`. Each group keeps its
+        `base_lr`, which learning-rate annealing scales."""
+        attention = {id(p) for p in self.attention.parameters()} if self.attention is not None else set()
+        rest = [p for p in self.parameters() if id(p) not in attention]
+        groups = [{"params": rest, "lr": learning_rate, "base_lr": learning_rate, "name": "model"}]
+        if attention:
+            lr = learning_rate * self.attention_lr_scale
+            params = [p for p in self.attention.parameters()]
+            groups.append({"params": params, "lr": lr, "base_lr": lr, "name": "attention"})
+        return groups
+
+    def hold_uniform(self, hold: bool) -> None:
+        """Hold the attention weights at exactly 1/P (the warm-up of `uniform_warmup_steps`), or release them."""
+        if self.attention is not None:
+            self.attention.set_hold_uniform(hold)
 
     def cnn_bodies(self) -> list[nn.Module]:
         """The ResNet bodies (where `channels_last` and `compile` apply)."""
@@ -223,12 +271,26 @@ def build_actor_critic(
         ptms = [
             PreTrainedModelWrapper(
                 s, feature_dim, node_dim, graph_cnn_hidden_dim, weights_dir, checkpoint_min_nodes, image_channels,
-                image_side, obs.edge_feature_dim,
+                image_side, obs.edge_feature_dim, wsa_cfg.adapter,
             )
             for s in specs
         ]
+        context_ptm = None
+        if wsa_cfg.context != STATE_ENCODER:
+            if wsa_cfg.context not in names:
+                raise ConfigError(
+                    f"actor_critic.wsa.context={wsa_cfg.context!r} must be {STATE_ENCODER!r} (the trained GNN) or the "
+                    f"name of one of the run's PTMs: {names}"
+                )
+            context_ptm = names.index(wsa_cfg.context)
+        module = None
+        if wsa_cfg.fusion == "wsa":
+            module = build_attention(
+                attention.kind, context_dim, feature_dim, attention.hidden_dim, attention.dropout, attention.temperature,
+                attention.uniform_init,
+            )
         extractor = MultiPTMFeatureExtractor(
-            ptms, context_dim, feature_dim, wsa_cfg.fusion, attention.hidden_dim, attention.dropout
+            ptms, context_dim, feature_dim, wsa_cfg.fusion, module, context_ptm, wsa_cfg.adapter
         )
         actor: nn.Module = WSAEnhancedActor(encoder, extractor)
     else:
@@ -243,9 +305,10 @@ def build_actor_critic(
             encoder, raster_size, feature_dim, std.model_type, std.weights, std.freeze_backbone,
             std.weights_path, weights_dir, checkpoint_min_nodes,
         )
+        attention = AttentionConfig()
     return ActorCritic(
         actor, action_spec, head_hidden_dim, init_log_std, frozen_feature_cache, gpu_cfg,
-        raster_size if rasterise else None,
+        raster_size if rasterise else None, attention.lr_scale, attention.uniform_warmup_steps,
     )
 
 

@@ -184,6 +184,8 @@ def build_backbone(
         return _torchvision(spec, image_channels, side, weights_dir)
     if spec.kind == "graph_cnn":
         body = GraphCNN(node_feature_dim, graph_hidden_dim)
+        if spec.weights_path and not checkpoint_supplies_weights():
+            load_module_weights(body, spec.weights_path, f"PTM {spec.name!r}", spec.made_by)
         return Backbone(body, body.out_dim, "graph_cnn", False)
     if spec.kind == "pyg":
         return _pyg(spec, node_feature_dim, edge_dim, graph_hidden_dim)
@@ -211,10 +213,13 @@ def _resize_for(spec: Any, side: Optional[tuple[int, int]], fixed: Optional[int]
 
 def _torchvision(spec: Any, channels: int, side: Optional[tuple[int, int]], weights_dir: Optional[str]) -> Backbone:
     kwargs = dict(spec.kwargs or {})
+    own = spec.weights == "random" and spec.weights_path  # the random-init architecture, values from your file
     body = build_torchvision(
-        spec.model_type, spec.weights, spec.weights_path, weights_dir, channels, kwargs,
+        spec.model_type, spec.weights, None if own else spec.weights_path, weights_dir, channels, kwargs,
         override=f"ptm.{spec.name}.weights=random",
     )
+    if own and not checkpoint_supplies_weights():  # e.g. a checkpoint of `python -m wsa_lab.pretrain`
+        load_module_weights(body.module, spec.weights_path, f"PTM {spec.name!r}", spec.made_by)
     fixed, minimum = torchvision_input_size(body.module, spec.model_type, body.weights, kwargs)
     resize = _resize_for(spec, side, fixed, minimum)
     return Backbone(body.module, body.out_dim, "torchvision", True, resize, normalize=channels == 3)
@@ -267,7 +272,7 @@ def _pyg(spec: Any, node_dim: int, edge_dim: int, hidden_default: int) -> Backbo
         why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         raise ConfigError(f"{who}: PyG's {name} rejected its arguments ({why}); see the PTM's kwargs") from exc
     if spec.weights_path and not checkpoint_supplies_weights():
-        load_module_weights(module, spec.weights_path, who)
+        load_module_weights(module, spec.weights_path, who, spec.made_by)
     graph_kwargs = ("batch", *(("edge_attr",) if uses_edge_attr else ()))
     x, edge_index, edge_attr, batch = _tiny_graphs(node_dim, edge_dim)
     extra = {"edge_attr": edge_attr} if uses_edge_attr else {}
@@ -317,7 +322,7 @@ def _custom(spec: Any, node_dim: int, edge_dim: int, channels: int, side: Option
     if not isinstance(module, nn.Module):
         raise ConfigError(f"{who}: returned a {type(module).__name__}, not an nn.Module")
     if spec.weights_path and not checkpoint_supplies_weights():
-        load_module_weights(module, spec.weights_path, who)
+        load_module_weights(module, spec.weights_path, who, spec.made_by)
     if graph:
         forward = module.forward
         graph_kwargs = tuple(k for k in ("edge_attr", "num_graphs") if _takes(forward, k))

@@ -8,16 +8,18 @@ import torch
 from torch import Tensor, nn
 
 from wsa_lab.errors import ConfigError
-from wsa_lab.models.attention import WeightSharingAttention
+from wsa_lab.models.attention import FusionAttention
 from wsa_lab.models.inputs import StateInputs
-from wsa_lab.models.ptm import PreTrainedModelWrapper
+from wsa_lab.models.ptm import PreTrainedModelWrapper, make_adapter
 
 FUSION_MODES = ("wsa", "mean", "concat")
+#: `actor_critic.wsa.context`: where the attention's state context comes from (else: a PTM's name).
+STATE_ENCODER = "state_encoder"
 
 
 class FusedFeatures(NamedTuple):
     fused: Tensor  # (B, out_dim)
-    features: Tensor  # (B, P, F): each PTM's adapted feature, for feature-norm logging
+    features: Tensor  # (B, P, F): each PTM's adapted feature, for feature-norm and similarity logging
     weights: Optional[Tensor]  # (B, P) attention weights (uniform for `mean`, None for `concat`)
 
 
@@ -25,9 +27,14 @@ class MultiPTMFeatureExtractor(nn.Module):
     r"""Holds the PTMs and fuses their features.
 
     Fusion modes (for ablations):
-        - ``wsa``: :class:`WeightSharingAttention` weights conditioned on the state context (default).
+        - ``wsa``: `attention` (a :mod:`~wsa_lab.models.attention` variant) weights conditioned on a state
+          context (default).
         - ``mean``: uniform average, the "ensemble" baseline; weights are reported as :math:`1/P`.
         - ``concat``: concatenation, no weights; `out_dim` = P x F.
+
+    The attention's context is the StateEncoder's (trained GNN) context, or, with `context_ptm` set, that PTM's
+    backbone output (detached: the attention does not train its context encoder) through a trainable
+    `context_adapter`: the WSA paper's "frozen encoder as the query".
 
     Frozen PTMs whose backbone output is in ``inputs.cached_features`` only run their adapter.
 
@@ -42,21 +49,24 @@ class MultiPTMFeatureExtractor(nn.Module):
         context_dim: int,
         feature_dim: int,
         fusion: str = "wsa",
-        attention_hidden_dim: int = 128,
-        attention_dropout: float = 0.1,
+        attention: Optional[FusionAttention] = None,
+        context_ptm: Optional[int] = None,
+        adapter: str = "relu",
     ) -> None:
         super().__init__()
         if not ptms:
             raise ConfigError("WSA is enabled but no PTMs are configured; choose some with ptm=[...]")
         if fusion not in FUSION_MODES:
             raise ConfigError(f"actor_critic.wsa.fusion must be one of {list(FUSION_MODES)}, got {fusion!r}")
+        if (fusion == "wsa") != (attention is not None):
+            raise ValueError("fusion 'wsa' needs an attention module, and only it")
         self.ptms = nn.ModuleList(ptms)
         self.fusion = fusion
         self.names = [p.spec.name for p in ptms]
-        self.attention = (
-            WeightSharingAttention(context_dim, feature_dim, attention_hidden_dim, attention_dropout)
-            if fusion == "wsa"
-            else None
+        self.attention = attention
+        self.context_ptm = context_ptm
+        self.context_adapter = (
+            make_adapter(ptms[context_ptm].out_dim, context_dim, adapter) if context_ptm is not None else None
         )
         self.out_dim = feature_dim * len(ptms) if fusion == "concat" else feature_dim
 
@@ -72,8 +82,11 @@ class MultiPTMFeatureExtractor(nn.Module):
 
     def forward(self, inputs: StateInputs, context: Tensor) -> FusedFeatures:
         cached = inputs.cached_features or {}  # frozen PTMs found here skip their backbone
-        features = torch.stack([ptm(inputs, cached.get(i)) for i, ptm in enumerate(self.ptms)], dim=1)  # (B, P, F)
+        raw = [ptm.backbone_output(inputs, cached.get(i)) for i, ptm in enumerate(self.ptms)]
+        features = torch.stack([ptm.adapter(r) for ptm, r in zip(self.ptms, raw)], dim=1)  # (B, P, F)
         if self.fusion == "wsa":
+            if self.context_adapter is not None:
+                context = self.context_adapter(raw[self.context_ptm].detach())
             fused, weights = self.attention(context, features)
         elif self.fusion == "mean":
             fused = features.mean(dim=1)

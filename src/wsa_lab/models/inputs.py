@@ -103,6 +103,18 @@ class StateInputs(NamedTuple):
         )
 
 
+    @classmethod
+    def of_images(cls, image: Tensor) -> "StateInputs":
+        """Inputs that hold images only (image PTMs read nothing else), e.g. for pre-training on stored images."""
+        graphs = image.shape[0]
+        empty = image.new_zeros(0, 1)
+        none = torch.zeros(0, dtype=torch.long, device=image.device)
+        return cls(
+            x=empty, edge_index=none.view(2, 0), edge_attr=None, batch=none, ptr=torch.zeros(graphs + 1, dtype=torch.long),
+            action_mask=none.bool(), positions=None, image=image, num_graphs=graphs, max_graph_nodes=0,
+        )
+
+
 def _resnet_stem(body: ResNet, image: Tensor) -> Tensor:
     return body.maxpool(body.relu(body.bn1(body.conv1(image))))
 

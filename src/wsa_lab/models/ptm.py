@@ -36,7 +36,7 @@ _ONLY_FOR = {
     "input": ("custom",),
     "out_dim": ("custom",),
     "kwargs": ("torchvision", "pyg", "custom"),
-    "weights_path": ("torchvision", "pyg", "custom"),
+    "weights_path": ("torchvision", "pyg", "graph_cnn", "custom"),
 }
 _KIND_LABEL = {"torchvision": "torchvision models", "pyg": f"{PYG_PREFIX}* models", "graph_cnn": "graph_cnn",
                "custom": "model_type: custom"}
@@ -55,7 +55,9 @@ class PTMSpec:
     # torchvision: imagenet | DEFAULT | an enum member (IMAGENET1K_V1) | random; graph PTMs, custom: null | random
     weights: Optional[str] = None
     freeze_backbone: bool = False  # true: no gradients, eval mode (the frozen-feature cache applies)
-    weights_path: Optional[str] = None  # torchvision: the enum's file elsewhere; pyg/custom: a state dict (strict)
+    # pre-trained torchvision weights: the enum's file elsewhere; `weights: random` torchvision, graph_cnn, pyg, custom: a
+    # state dict of your own for the architecture (e.g. from python -m wsa_lab.pretrain), loaded strictly
+    weights_path: Optional[str] = None
     kwargs: Optional[dict] = None  # extra constructor arguments (torchvision builder, PyG model, custom callable)
     hidden_channels: Optional[int] = None  # pyg: width; null = actor_critic.graph_cnn_hidden_dim
     num_layers: Optional[int] = None  # pyg: message-passing layers; null = 3 (as graph_cnn)
@@ -65,6 +67,7 @@ class PTMSpec:
     input: Optional[str] = None  # custom: image | graph (what the module reads)
     out_dim: Optional[int] = None  # custom: feature width it returns (checked); null = found by a test forward
     image_size: Optional[int] = None  # image PTMs: resize images to this side (default: the model's own need)
+    made_by: Optional[str] = None  # the command that makes weights_path (e.g. python -m wsa_lab.pretrain ...): named if it is missing
 
     def __post_init__(self) -> None:
         where = f"PTM {self.name!r}: "
@@ -81,8 +84,6 @@ class PTMSpec:
                 torchvision_weights(self.model_type, self.weights)
             except ConfigError as exc:
                 raise ConfigError(f"{where}{exc}") from None
-            if self.weights_path and self.weights == "random":
-                raise ConfigError(f"{where}weights_path is set but weights is 'random'; use weights: imagenet (or DEFAULT, or an enum name)")
             return
         if self.weights not in (None, "random"):
             own = "" if kind == "graph_cnn" else " (a state dict of your own: weights_path)"
@@ -141,6 +142,7 @@ class PreTrainedModelWrapper(nn.Module):
         image_channels: int = 3,
         image_size: int | None = None,
         edge_dim: int = 0,
+        adapter: str = "relu",
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -164,7 +166,7 @@ class PreTrainedModelWrapper(nn.Module):
         if spec.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        self.adapter = nn.Sequential(nn.Linear(self.out_dim, feature_dim), nn.ReLU())
+        self.adapter = make_adapter(self.out_dim, feature_dim, adapter)
 
     @property
     def frozen(self) -> bool:
@@ -198,23 +200,53 @@ class PreTrainedModelWrapper(nn.Module):
 
     def _graph_features(self, inputs: StateInputs) -> Tensor:
         """PyG and custom graph modules, in float32 (like the GCN stacks: sparse ops want one dtype)."""
+        h = self._graph_module(inputs, inputs.x)
+        return pooled(h, inputs.batch, inputs.num_graphs) if self.per_node else h
+
+    def node_embeddings(self, inputs: StateInputs, x: Optional[Tensor] = None) -> Tensor:
+        """Per-node embeddings before the per-graph pooling, :math:`(|V|, H)`, for node features `x` (default:
+        the observation's); for graph_cnn, PyG models and per-node custom modules (graph pre-training reads them)."""
+        x = inputs.x if x is None else x
+        if self.kind == "graph_cnn":
+            return self.backbone.gnn(x, inputs.graph)
+        if self.is_image or not self.per_node:
+            raise ConfigError(f"PTM {self.spec.name!r} ({self.spec.model_type}) has no per-node embeddings")
+        return self._graph_module(inputs, x)
+
+    def _graph_module(self, inputs: StateInputs, x: Tensor) -> Tensor:
         available: dict[str, Any] = {
             "batch": inputs.batch, "num_graphs": inputs.num_graphs,
             "edge_attr": None if inputs.edge_attr is None else inputs.edge_attr.float(),
         }
-        with torch.autocast(device_type=inputs.x.device.type, enabled=False):
-            x = inputs.x.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
             extra = {k: available[k] for k in self.graph_kwargs}
             if self.kind == "pyg":  # BasicGNN.forward(x, edge_index, ..., edge_attr=, batch=, batch_size=)
-                h = self.backbone(x, inputs.edge_index, batch_size=inputs.num_graphs, **extra)
-            else:  # the custom convention: module(x, edge_index, batch[, edge_attr=][, num_graphs=])
-                h = self.backbone(x, inputs.edge_index, inputs.batch, **extra)
-        return pooled(h, inputs.batch, inputs.num_graphs) if self.per_node else h
+                return self.backbone(x, inputs.edge_index, batch_size=inputs.num_graphs, **extra)
+            return self.backbone(x, inputs.edge_index, inputs.batch, **extra)  # module(x, edge_index, batch[, ...])
+
+    def backbone_output(self, inputs: StateInputs, cached: Optional[Tensor] = None) -> Tensor:
+        """The backbone's output for `inputs`: `cached` (this frozen PTM's output computed earlier), else computed."""
+        if cached is None:
+            return self.backbone_features(inputs)
+        if not self.frozen:  # a trainable backbone's output changes with every update: never cache it
+            raise ValueError(f"PTM {self.spec.name!r} is trainable; only frozen backbone features can be cached")
+        return cached
 
     def forward(self, inputs: StateInputs, cached: Optional[Tensor] = None) -> Tensor:
         """Adapted feature :math:`(B, F)`; `cached` = this (frozen) PTM's backbone output for `inputs`."""
-        if cached is None:
-            return self.adapter(self.backbone_features(inputs))
-        if not self.frozen:  # a trainable backbone's output changes with every update: never cache it
-            raise ValueError(f"PTM {self.spec.name!r} is trainable; only frozen backbone features can be cached")
-        return self.adapter(cached)
+        return self.adapter(self.backbone_output(inputs, cached))
+
+
+#: `actor_critic.wsa.adapter`: the trainable map from a backbone's output to the common feature size.
+ADAPTERS = ("relu", "layernorm")
+
+
+def make_adapter(in_dim: int, out_dim: int, kind: str = "relu") -> nn.Sequential:
+    """``relu``: Linear + ReLU (wsa_lab's default); ``layernorm``: Linear + LayerNorm + ReLU (the WSA paper's code,
+    EliaPiccoli/PufferLib ``WSA``: it puts every PTM's feature on the same scale before the attention mixes them)."""
+    if kind == "relu":
+        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU())
+    if kind == "layernorm":
+        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU())
+    raise ConfigError(f"actor_critic.wsa.adapter must be one of {list(ADAPTERS)}, got {kind!r}")

@@ -58,14 +58,14 @@ class ResNetEntry:
     out_dim: int  # width of the pooled feature (input of the removed `fc`)
 
 
-#: The three ResNets of the seed (the Standard Actor's choices; `weights: imagenet` keeps their enum).
+#: The three ResNets of the WSA design summary (the Standard Actor's choices; `weights: imagenet` keeps their enum).
 RESNETS: dict[str, ResNetEntry] = {
     "resnet18": ResNetEntry(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, 512),
     "resnet34": ResNetEntry(tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, 512),
     "resnet50": ResNetEntry(tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V2, 2048),
 }
 GRAPH_TYPES = ("graph_cnn",)
-MODEL_TYPES = tuple(RESNETS) + GRAPH_TYPES  # the seed's fixed list (any torchvision model works now: backbones.py)
+MODEL_TYPES = tuple(RESNETS) + GRAPH_TYPES  # the WSA design summary's fixed list (any torchvision model works now: backbones.py)
 WEIGHT_CHOICES = ("imagenet", "random")
 
 
@@ -109,7 +109,7 @@ def is_torchvision_model(model_type: str) -> bool:
 def torchvision_weights(model_type: str, weights: Optional[str]) -> Optional[tvm.WeightsEnum]:
     """The weights enum member of `weights` for `model_type`, or None for ``random``.
 
-    ``imagenet``: the seed's enum for resnet18/34/50 (IMAGENET1K_V1, V1, V2), else ``DEFAULT``; ``DEFAULT`` or a
+    ``imagenet``: the WSA design summary's enum for resnet18/34/50 (IMAGENET1K_V1, V1, V2), else ``DEFAULT``; ``DEFAULT`` or a
     member name (``IMAGENET1K_V1``, also spelled ``ResNet18_Weights.IMAGENET1K_V1``): that member.
     """
     if weights == "random":
@@ -182,10 +182,12 @@ def _find_file(model_type: str, enum: tvm.WeightsEnum, weights_path: str | None,
         if path.is_file():
             return path
     override = override or "weights=random"
+    cli = model_type if enum == torchvision_weights(model_type, "imagenet") else f"{model_type}:{enum.name}"
+    cli += f" --weights-dir {Path(weights_dir).expanduser()}" if weights_dir and not weights_path else ""
     raise WeightsNotFoundError(
         f"ImageNet weights for {model_type} ({enum_label(enum)}, file {name}) not found at "
         f"{', '.join(str(p) for p in looked)}. This run does not download: fetch {enum.url} on a machine with network "
-        f"(`python -m wsa_lab.weights download {model_type}` there) and copy it to {looked[0]}, or point "
+        f"(`python -m wsa_lab.weights download {cli}` there) and copy it to {looked[0]}, or point "
         f"TORCH_HOME, paths.weights_dir or the PTM's weights_path at it; or train without it: `weights: random` "
         f"(on the command line: {override}), or experiment=phase2_all_random."
     )
@@ -357,10 +359,13 @@ def read_state_dict(path: Path, what: str, url: str | None = None, fix: str | No
     return state
 
 
-def load_module_weights(module: nn.Module, weights_path: str, who: str) -> None:
-    """Load a state-dict file strictly into `module` (a PyG or custom PTM backbone); every problem is one line."""
+def load_module_weights(module: nn.Module, weights_path: str, who: str, made_by: str | None = None) -> None:
+    """Load a state-dict file strictly into `module` (a PTM backbone); every problem is one line. `made_by`: the
+    command that makes the file (named when it is missing)."""
     path = Path(weights_path).expanduser()
     if not path.is_file():
+        if made_by:
+            raise WeightsNotFoundError(f"{who}: weights_path {path} not found; make it first with `{made_by}`")
         raise WeightsNotFoundError(
             f"{who}: weights_path {path} not found (a state dict: torch.save(module.state_dict(), path)); fix the "
             "path, copy the file there, or remove weights_path to start from the module's own initialisation"
@@ -522,7 +527,7 @@ def build_torchvision(
     and loaded by torchvision's own builder (so the architecture is the one the weights were made for). Its
     BatchNorm layers must be kept in eval mode (:func:`freeze_batchnorm_stats`). ``random``: torchvision's random
     initialisation (seeded by the caller); ResNet-family models get GroupNorm(32) in place of BatchNorm, as in
-    the seed (in PPO, batch statistics would make a state's action log-probability depend on which other states
+    the WSA design summary's arms (in PPO, batch statistics would make a state's action log-probability depend on which other states
     share its batch, and a random net has no statistics worth freezing); other architectures keep their own norm
     layers, their BatchNorm layers frozen at the initial statistics (mean 0, variance 1: a learnable affine map).
     `in_channels` other than 3 adapts the first convolution (:func:`adapt_input_conv`). `kwargs` go to the builder.
@@ -582,7 +587,7 @@ def load_resnet(
     in_channels: int = 3,
     override: str | None = "actor_critic.standard.weights=random",
 ) -> nn.Module:
-    """A ResNet of the seed's table (resnet18/34/50) with `fc` = Identity; output (B, out_dim). See
+    """A ResNet of the WSA design summary's table (resnet18/34/50) with `fc` = Identity; output (B, out_dim). See
     :func:`build_torchvision` (`weights`: imagenet | random | an enum member name)."""
     if model_type not in RESNETS:
         raise ConfigError(f"unknown ResNet model_type {model_type!r}; choose one of {sorted(RESNETS)}")

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from wsa_lab.contract import GraphBatch, VectorGraphEnv, env_label
 from wsa_lab.errors import EnvError, TrainingDivergedError
 from wsa_lab.models import ActorCritic, HybridAction
+from wsa_lab.models.attention import feature_norm_imbalance, feature_similarity
 from wsa_lab.models.gpu import to_host
 from wsa_lab.rl.config import PPOConfig
 
@@ -50,7 +51,8 @@ class PPO:
         self.agent, self.env, self.cfg = agent, env, cfg
         self.log_attention, self.log_features = log_attention, log_features
         self.device = env.device
-        self.optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.learning_rate, eps=1e-5)
+        # parameter groups: the attention's own learning rate (actor_critic.wsa.attention.lr_scale)
+        self.optimizer = torch.optim.Adam(agent.param_groups(cfg.learning_rate), lr=cfg.learning_rate, eps=1e-5)
         self.global_step = 0
         self.iteration = 0
         self.next_obs: GraphBatch = env.reset(seed=reset_seed)
@@ -77,7 +79,7 @@ class PPO:
         self.agent.train()
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
-        attention, norms = [], []
+        attention, features = [], []
         # Frozen-feature cache: frozen PTM backbones run once per env step, here; the update reuses the result.
         use_cache = self.agent.cacheable
         if not use_cache:
@@ -97,7 +99,7 @@ class PPO:
             if fusion is not None:
                 if fusion.weights is not None:
                     attention.append(fusion.weights)
-                norms.append(fusion.features.norm(dim=-1))
+                features.append(fusion.features)
             try:
                 obs, reward, terminated, truncated, info = self.env.step(
                     out.action.node, spec.policy_to_env(out.action.continuous)
@@ -124,7 +126,7 @@ class PPO:
         if episode_returns:
             stats["charts/episodic_return"] = float(np.mean(episode_returns))
             stats["charts/episodic_length"] = float(np.mean(episode_lengths))
-        stats.update(self._wsa_stats(attention, norms))
+        stats.update(self._wsa_stats(attention, features))
         return stats
 
     def _store_frozen(self, step: int, cached: dict[int, Tensor]) -> None:
@@ -134,8 +136,14 @@ class PPO:
                 buf = self.frozen_feats[i] = feat.new_zeros((self.cfg.num_steps,) + feat.shape)
             buf[step] = feat
 
-    def _wsa_stats(self, attention: list[Tensor], norms: list[Tensor]) -> dict[str, float]:
-        """The design summary's monitoring metrics: wsa/attention_weights_<i>, wsa/attention_entropy, wsa/feature_norms_<i>."""
+    def _wsa_stats(self, attention: list[Tensor], features: list[Tensor]) -> dict[str, float]:
+        """The design summary's monitoring metrics over the rollout's states.
+
+        ``wsa/attention_weights_<i>``, ``wsa/attention_entropy``, ``wsa/feature_norms_<i>``, and its
+        troubleshooting checks: ``wsa/feature_similarity/<a>__<b>`` (mean cosine similarity of two PTMs' adapted
+        features, state by state: "features are diverse"), ``wsa/feature_cka/<a>__<b>`` (linear CKA over the
+        states) and ``wsa/feature_norm_imbalance`` (largest / smallest mean feature norm: "norms are balanced").
+        """
         stats: dict[str, float] = {}
         if attention:
             weights = torch.cat(attention)  # (T*B, P)
@@ -145,9 +153,19 @@ class PPO:
                     stats[f"wsa/attention_weights_{i}"] = w
                 entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)
                 stats["wsa/attention_entropy"] = entropy.mean().item()
-        if norms and self.log_features:
-            for i, n in enumerate(torch.cat(norms).mean(0).tolist()):
+        if features and self.log_features:
+            feats = torch.cat(features).float()  # (T*B, P, F)
+            for i, n in enumerate(feats.norm(dim=-1).mean(0).tolist()):
                 stats[f"wsa/feature_norms_{i}"] = n
+            names = self.agent.ptm_names  # unique (checked when the extractor is built)
+            if len(names) >= 2:
+                similarity = feature_similarity(feats)
+                for i in range(len(names)):
+                    for j in range(i + 1, len(names)):
+                        pair = f"{names[i]}__{names[j]}"
+                        stats[f"wsa/feature_similarity/{pair}"] = similarity.cosine[i, j].item()
+                        stats[f"wsa/feature_cka/{pair}"] = similarity.cka[i, j].item()
+                stats["wsa/feature_norm_imbalance"] = feature_norm_imbalance(feats)
         return stats
 
     # ------------------------------------------------------------------ update
@@ -239,7 +257,10 @@ class PPO:
         cfg = self.cfg
         if cfg.anneal_lr:
             frac = 1.0 - self.iteration / cfg.num_iterations
-            self.optimizer.param_groups[0]["lr"] = frac * cfg.learning_rate
+            for group in self.optimizer.param_groups:
+                group["lr"] = frac * group["base_lr"]
+        # equal-weight warm-up: attention held at exactly 1/P for the first uniform_warmup_steps env steps
+        self.agent.hold_uniform(self.global_step < self.agent.uniform_warmup_steps)
         metrics = self.collect_rollout()
         metrics.update(self.update())
         self._check_parameters()

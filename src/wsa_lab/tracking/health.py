@@ -1,4 +1,4 @@
-"""Attention health: the seed's "Healthy Attention Patterns" and "Warning Signs", measured during training.
+"""Attention health: the WSA design summary's "Healthy Attention Patterns" and "Warning Signs", measured during training.
 
 The input is the rollout-mean attention weight of each PTM, one vector per PPO iteration
 (`wsa/attention_weights_<i>`). Over a sliding window of the last `window` vectors, `w[t, i]`:
@@ -14,10 +14,16 @@ and the state is the first that applies:
     collapsed  max_weight > collapse_threshold            one PTM gets (almost) all the attention
     noisy      noise > noise_threshold                    unstable, not explained by a trend
     static     change < static_tolerance                  weights stopped changing
-    balanced   every mean weight in [balanced_low, balanced_high] / P   (P=3: 20%-40%, the seed's range)
+    balanced   every mean weight in [balanced_low, balanced_high] / P   (P=3: 20%-40%, the WSA design summary's range)
     skewed     none of the above: uneven, not a warning sign
 
 `collapsed`, `noisy` and `static` are warning signs: one warning line is printed when the state changes.
+
+The troubleshooting checks of the WSA design summary ("features are diverse", "feature norms are balanced") are
+judged per iteration by :class:`FeatureHealth` from `wsa/feature_similarity/<a>__<b>` (mean cosine similarity of
+two PTMs' adapted features over the rollout's states) and `wsa/feature_norm_imbalance` (largest / smallest mean
+feature norm): one warning the first time a pair of PTMs is near-identical (similarity above
+`similarity_threshold`) or the norms are imbalanced (above `norm_imbalance_threshold`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class HealthConfig:
     """balanced: every PTM's mean weight <= balanced_high / P (P=3: 40%)"""
     warn: bool = True
     """print one line when the state changes (warnings for collapsed, static, noisy)"""
+    similarity_threshold: float = 0.98
+    """near-identical PTMs: the mean cosine similarity of two PTMs' adapted features is above this"""
+    norm_imbalance_threshold: float = 10.0
+    """imbalanced feature norms: the largest PTM's mean feature norm is more than this times the smallest's"""
 
     def __post_init__(self) -> None:
         if not 3 <= self.min_points <= self.window:
@@ -68,6 +78,10 @@ class HealthConfig:
             raise ConfigError(f"logger.health.collapse_threshold must be in (0, 1]; got {self.collapse_threshold}")
         if self.static_tolerance < 0 or self.noise_threshold < 0:
             raise ConfigError("logger.health: static_tolerance and noise_threshold must be >= 0")
+        if not -1 <= self.similarity_threshold <= 1:
+            raise ConfigError(f"logger.health.similarity_threshold must be in [-1, 1]; got {self.similarity_threshold}")
+        if not self.norm_imbalance_threshold >= 1:
+            raise ConfigError(f"logger.health.norm_imbalance_threshold must be >= 1; got {self.norm_imbalance_threshold}")
         if not 0 <= self.balanced_low <= 1 <= self.balanced_high:
             raise ConfigError(
                 "logger.health: balanced_low must be in [0, 1] and balanced_high >= 1 (multiples of the uniform share 1/P)"
@@ -207,3 +221,53 @@ class AttentionHealth:
         warned = sorted({t["state"] for t in self.transitions if t["state"] in WARNING_STATES})
         out["wsa/health/warnings_seen"] = warned
         return out
+
+
+SIMILARITY_PREFIX = "wsa/feature_similarity/"
+IMBALANCE_KEY = "wsa/feature_norm_imbalance"
+
+
+class FeatureHealth:
+    """The "features are diverse" and "feature norms are balanced" checks, one warning per finding."""
+
+    def __init__(self, cfg: HealthConfig) -> None:
+        self.cfg = cfg
+        self.findings: list[dict[str, Any]] = []  # [{"step", "check", "what", "value"}], the first time each is seen
+        self._seen: set[str] = set()
+
+    def update(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            if value is None:
+                continue
+            if key.startswith(SIMILARITY_PREFIX) and value > self.cfg.similarity_threshold:
+                pair = key.removeprefix(SIMILARITY_PREFIX).replace("__", " and ")
+                self._report(step, "near_identical", pair, value,
+                             f"PTMs {pair} produce near-identical features (mean cosine similarity {value:.3f} > "
+                             f"{self.cfg.similarity_threshold}): the attention cannot tell them apart; use more diverse "
+                             "PTMs (architecture, weights)")
+            elif key == IMBALANCE_KEY and value > self.cfg.norm_imbalance_threshold:
+                self._report(step, "norm_imbalance", "feature norms", value,
+                             f"PTM feature norms are imbalanced (largest / smallest mean norm {value:.1f} > "
+                             f"{self.cfg.norm_imbalance_threshold}): the largest dominates the fused feature; try "
+                             "actor_critic.wsa.adapter=layernorm")
+
+    def replay(self, series: Sequence[tuple[int, dict[str, float]]]) -> None:
+        """Feed the records an earlier attempt of this run logged, silently (a resumed run does not warn again)."""
+        warn, self.cfg.warn = self.cfg.warn, False
+        try:
+            for step, record in series:
+                self.update(record, step)
+        finally:
+            self.cfg.warn = warn
+
+    def _report(self, step: int, check: str, what: str, value: float, message: str) -> None:
+        tag = f"{check}:{what}"
+        if tag in self._seen:
+            return
+        self._seen.add(tag)
+        self.findings.append({"step": int(step), "check": check, "what": what, "value": float(value)})
+        if self.cfg.warn:
+            log.warning("feature health at step %d: %s", step, message)
+
+    def summary(self) -> dict[str, Any]:
+        return {"wsa/health/feature_findings": list(self.findings)}

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from wsa_lab.tracking.health import AttentionHealth
+from wsa_lab.tracking.health import AttentionHealth, FeatureHealth
 from wsa_lab.tracking.metrics import MetricsWriter, read_metrics, write_json_atomic
 from wsa_lab.tracking.settings import logger_settings, run_identity
 
@@ -30,7 +30,7 @@ class Tracker:
 
     Backends are objects with `log(metrics, step)`, `log_attention(weights, names, step)` and
     `finish(summary)`; they are closed in `finish` also when training raised. On top of the metrics it is
-    given, the tracker adds the per-name copies of the seed's indexed WSA metrics
+    given, the tracker adds the per-name copies of the WSA design summary's indexed WSA metrics
     (`wsa/attention/<ptm name>`, `wsa/feature_norms/<ptm name>`, so runs with different PTM orders compare)
     and the attention health (`wsa/health/*`, see `health.py`).
     """
@@ -42,6 +42,7 @@ class Tracker:
         *,
         ptm_names: Sequence[str] = (),
         health: Optional[AttentionHealth] = None,
+        feature_health: Optional[FeatureHealth] = None,
         log_attention: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -49,6 +50,7 @@ class Tracker:
         self.backends = list(backends or [])
         self.ptm_names = unique_names(ptm_names)
         self.health = health
+        self.feature_health = feature_health
         self.log_attention_enabled = log_attention
         self.finished = False
 
@@ -59,6 +61,8 @@ class Tracker:
         weights = self._attention_vector(metrics)
         if self.health is not None and weights is not None:
             record.update(self.health.update(weights, step))
+        if self.feature_health is not None:
+            self.feature_health.update(record, step)
         self.writer.log(record, step)
         self._each_backend("log", record, step)
 
@@ -84,6 +88,8 @@ class Tracker:
         final = {**summary}
         if self.health is not None:
             final.update(self.health.summary())
+        if self.feature_health is not None:
+            final.update(self.feature_health.summary())
         self.write_summary(final)
         if self.finished:
             return
@@ -155,7 +161,11 @@ def build_tracker(cfg: DictConfig, run_dir: str | Path) -> Tracker:
         for backend in backends:  # don't leave a half-built set of backends open
             backend.finish({"status": "failed"})
         raise
-    tracker = Tracker(run_dir, backends, ptm_names=names, health=health, log_attention=log_attention)
+    log_features = bool(wsa_logging.get("log_features", True)) and identity.wsa_enabled
+    features = FeatureHealth(settings.health) if log_features and len(names) >= 2 else None
+    tracker = Tracker(run_dir, backends, ptm_names=names, health=health, feature_health=features, log_attention=log_attention)
+    if features is not None and (run_dir / "metrics.jsonl").is_file():  # a resumed run: what was already reported
+        features.replay([(int(r["global_step"]), r) for r in read_metrics(run_dir)])
     if health is not None and (run_dir / "metrics.jsonl").is_file():  # a resumed run: restore the window
         health.replay([
             (int(r["global_step"]), w) for r in read_metrics(run_dir) if (w := tracker._attention_vector(r)) is not None

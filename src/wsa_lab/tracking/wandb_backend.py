@@ -7,7 +7,7 @@
   (`resume="allow"`).
 - `reinit="finish_previous"` + `finish()` in the tracker's `finish` (also after an error): sequential
   multirun jobs in one process each get their own run (a second `init` without `finish` would return the
-  first run, see FACTS.md).
+  first run: wandb 0.31 returns the same run from a second `init`).
 - No API key is ever read from or written to the config: `wandb login` or WANDB_API_KEY in the environment.
 """
 

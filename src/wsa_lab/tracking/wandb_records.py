@@ -2,7 +2,8 @@
 
 The file is a LevelDB-style log: a 7-byte file header (`:W&B`, magic, version), then 32 KiB blocks of
 chunks, each with a 7-byte header (crc32, length, type: full / first / middle / last). Each reassembled
-record is a protobuf `wandb.proto.wandb_internal_pb2.Record` (see FACTS.md). Used by the tests and handy
+record is a protobuf `wandb.proto.wandb_internal_pb2.Record` (wandb 0.31 has no offline reader of its own:
+`wandb.Api()` needs a server and `wandb sync --view` is gone). Used by the tests and handy
 for checking what an offline run holds before `wandb sync`.
 """
 

@@ -75,3 +75,24 @@ def coverage_specs(num_nodes: int = 20, image_size: int = 32):
 
     observation, action = coverage_spaces(num_nodes, image_size)
     return observation_spec(observation), action_spec(action)
+
+
+@pytest.fixture(scope="session")
+def pretrained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`paths.pretrained_dir` holding stand-ins for the shipped env-pretrained PTMs (conf/ptm/coverage_*.yaml):
+    their architectures' random init, saved the way `python -m wsa_lab.pretrain` saves them (tests/test_pretrain.py
+    makes real ones)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
+
+    folder = tmp_path_factory.mktemp("pretrained")
+    for file in sorted((REPO / "conf" / "ptm").glob("coverage_*.yaml")):
+        (entry,) = OmegaConf.to_container(OmegaConf.load(file)).values()
+        spec = dataclasses.replace(PTMSpec(**{**entry, "weights_path": None}), made_by=None)
+        torch.manual_seed(0)
+        wrapper = PreTrainedModelWrapper(spec, 128, 6, 64, None, 500, 3, 32, 1)
+        torch.save(wrapper.backbone.state_dict(), folder / f"{entry['name']}.pt")
+    return folder

@@ -70,8 +70,11 @@ def test_config_error_is_one_line(tmp_path: Path, fake_torch_home: Path):
 def test_missing_imagenet_weights_say_where_to_put_them(tmp_path: Path, fake_torch_home: Path):
     empty = tmp_path / "empty_torch_home"
     proc = wsa_lab(["experiment=phase3_hybrid"], cwd=tmp_path, torch_home=empty)
-    assert_one_line_error(proc, str(empty / "hub" / "checkpoints" / "resnet18-f37072fd.pth"), "weights: random")
-    assert not list((tmp_path / "runs").glob("*/*/checkpoints"))  # nothing half-made
+    assert_one_line_error(
+        proc, str(empty / "hub" / "checkpoints" / "resnet18-f37072fd.pth"), "weights: random",
+        "ptm.resnet18_imagenet.weights=random", "experiment=phase2_all_random", "TORCH_HOME", "paths.weights_dir",
+    )
+    assert not (tmp_path / "runs").exists()  # a refused start leaves no (empty) run folder behind
 
 
 def test_unknown_ptm_name_is_hydras_clear_error(tmp_path: Path, fake_torch_home: Path):

@@ -20,7 +20,7 @@ SUMMARY_PHASES = {  # the WSA design summary's twelve ablation arms (phases 1-4)
     "phase4_count",
 }
 EXPECTED_EXPERIMENTS = SUMMARY_PHASES | {  # phase 5: fusion variants; pre-trained vs random PTMs
-    "phase5_fusion", "phase5_fusion_mean", "phase5_fusion_concat",
+    "phase5_fusion", "phase5_fusion_mean", "phase5_fusion_concat", "phase5_pretrained", "phase5_random", "phase5_imagenet",
 }
 
 # The WSA design summary's "Recommended Configuration", as written there.
@@ -64,8 +64,8 @@ def test_all_seed_phases_exist():
 
 
 @pytest.mark.parametrize("experiment", sorted(EXPECTED_EXPERIMENTS))
-def test_every_experiment_composes_instantiates_and_acts(experiment: str, tmp_path: Path):
-    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+def test_every_experiment_composes_instantiates_and_acts(experiment: str, tmp_path: Path, pretrained_dir: Path):
+    cfg = compose_config([f"experiment={experiment}", f"paths.pretrained_dir={pretrained_dir}"], tmp_path)
     assert cfg.name.startswith(experiment if experiment in SUMMARY_PHASES else "phase5_") and cfg.phase == experiment[:6]
     _, env, agent = build(cfg)
     with torch.no_grad():
@@ -76,7 +76,10 @@ def test_every_experiment_composes_instantiates_and_acts(experiment: str, tmp_pa
     else:
         expected = [p["name"] for p in cfg.actor_critic.wsa.pretrained_models]
         assert agent.ptm_names == expected and len(expected) >= 2
-        assert out.features.fusion.weights.shape == (2, len(expected))
+        if cfg.actor_critic.wsa.fusion == "concat":  # no weights to report
+            assert out.features.fusion.weights is None
+        else:
+            assert out.features.fusion.weights.shape == (2, len(expected))
 
 
 def test_phase_arms_differ_in_what_they_claim(tmp_path: Path):

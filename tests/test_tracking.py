@@ -217,7 +217,7 @@ def test_a_failing_backend_is_dropped_and_the_others_go_on(tmp_path: Path, caplo
 def test_logger_config_errors_are_one_line(tmp_path: Path):
     with pytest.raises(ConfigError, match="did you mean 'project'"):
         logger_settings(tracker_cfg(tmp_path, "+logger.wandb.projct=x"))
-    with pytest.raises(ConfigError, match="never put keys in the config"):
+    with pytest.raises(ConfigError, match="never put keys or passwords in the config"):
         logger_settings(tracker_cfg(tmp_path, "+logger.wandb.api_key=0123456789abcdef"))
     with pytest.raises(ConfigError, match="logger.wandb.mode must be one of"):
         logger_settings(tracker_cfg(tmp_path, "logger.wandb.mode=onlin"))

@@ -6,20 +6,34 @@ job, and exits non-zero when any failed (see `wsa_lab.sweep`).
 
 from __future__ import annotations
 
-import logging
-import os
+import signal
 import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from wsa_lab.config import config_dir
-from wsa_lab.errors import WsaLabError
-from wsa_lab.sweep import finish_sweep
-from wsa_lab.train import train
+def _interrupted_outside_training(signum: int, frame: object) -> None:
+    """Ctrl-C while torch loads, Hydra composes or the env is built (StopSignals takes over while training)."""
+    print("wsa_lab: interrupted while starting up or shutting down (not while training: no checkpoint to write); "
+          "rerun the same command to continue", file=sys.stderr)
+    raise SystemExit(130)
+
+
+if __name__ == "__main__":  # only as the CLI: importing torch takes seconds, and a Ctrl-C then is no traceback
+    signal.signal(signal.SIGINT, _interrupted_outside_training)
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+
+from wsa_lab.config import config_dir  # noqa: E402
+from wsa_lab.errors import WsaLabError  # noqa: E402
+from wsa_lab.sweep import finish_sweep  # noqa: E402
+from wsa_lab.train import train  # noqa: E402
 
 log = logging.getLogger("wsa_lab")
 
@@ -32,11 +46,29 @@ def main(cfg: DictConfig) -> float:
         # One clear line instead of a traceback (Hydra's convention: HYDRA_FULL_ERROR=1 shows it).
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # in a sweep, let the launcher record this job as failed and go on with the others
+        _remove_unstarted_run()
         print(f"wsa_lab: error: {exc}", file=sys.stderr)
         sys.exit(1)
     metric = summary["metric"]  # evaluation.metric: eval/greedy_ratio on the coverage env
     log.info("done: %s=%.3f in %s", metric, summary[metric], HydraConfig.get().runtime.output_dir)
     return summary[metric]  # the objective a Hydra sweeper would optimise
+
+
+def _remove_unstarted_run() -> None:
+    """A run refused at start-up leaves no folder behind: the one Hydra made for it (only its `.hydra/` and log)."""
+    from wsa_lab import guard
+
+    run_dir = guard.created_run_dir
+    if run_dir is None or not run_dir.is_dir():
+        return
+    hydra_own = {".hydra", f"{HydraConfig.get().job.name}.log", ".lock"}
+    if all(p.name in hydra_own for p in run_dir.iterdir()):
+        logging.shutdown()  # Hydra's file handler holds the log open
+        shutil.rmtree(run_dir, ignore_errors=True)
+        folder = run_dir.parent  # runs/<date>/ and runs/, if this process made them and they are empty now
+        while guard.created_top is not None and folder.is_relative_to(guard.created_top) and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
 
 
 def entry() -> None:

@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "gym" in args.only:
             # the same arms through gymnasium's vector env, measured together with their batched twins
             gym_common = [o for o in common if not o.startswith("env.")] + (QUICK_GYM if args.quick else [])
-            configs = {name: [*ARMS[name.removesuffix("_gym")]] for name in GYM_ARMS}
+            configs = {name.removesuffix("_gym"): ARMS[name.removesuffix("_gym")] for name in GYM_ARMS}
             log(f"coverage env through Gymnasium: building {2 * len(configs)} configurations")
             arms = [build_arm(name, [*common, *ov], args.device, workdir) for name, ov in configs.items()]
             arms += [build_arm(name, [*gym_common, *ov], args.device, workdir) for name, ov in GYM_ARMS.items()]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from wsa_lab.errors import WsaLabError
+from wsa_lab.files import output_error
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ def _write_temp(state: dict[str, Any], folder: Path, name: str) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (error := output_error(folder / name, exc)) is not None:
+            raise error from exc  # disk full, read-only: one line; the previous checkpoint is intact
         raise
     return Path(tmp)
 

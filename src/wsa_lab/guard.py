@@ -31,8 +31,10 @@ SECRET_KEYS = ("api_key", "wandb_api_key", "token", "password", "secret")
 #: A run's `name` becomes part of folder names: letters, digits and ._-+= only, not starting with a dot.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]*$")
 
-#: Set by `on_run_start`: whether this process created the run folder (a failed start may then remove it).
+#: Set by `on_run_start`: the run folder, and the topmost folder of its path that did not exist yet, when this
+#: process creates them (a run refused at start-up then removes what it created).
 created_run_dir: Path | None = None
+created_top: Path | None = None
 
 
 def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -119,7 +121,7 @@ class StartupGuard(Callback):
         check_ptm_overrides(list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global created_run_dir
+        global created_run_dir, created_top
         try:
             self._check_job(config)
             run_dir = Path(str(config.hydra.run.dir)).absolute()
@@ -128,6 +130,9 @@ class StartupGuard(Callback):
             _fail(exc)
             return
         created_run_dir = None if run_dir.exists() else run_dir
+        created_top = run_dir
+        while created_top.parent != created_top and not created_top.parent.exists():
+            created_top = created_top.parent
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

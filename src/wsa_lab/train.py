@@ -7,6 +7,7 @@ The run folder (`paths.output_dir`) gets: `.hydra/` (Hydra), `resolved_config.ya
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import platform
@@ -26,7 +27,8 @@ from wsa_lab.contract import VectorGraphEnv, specs
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
-from wsa_lab.resume import StopSignals, config_differences, config_snapshot, truncate_metrics
+from wsa_lab.resume import Interrupted, StopSignals, config_differences, config_snapshot, truncate_metrics
+from wsa_lab.runlock import RunLock
 from wsa_lab.rl import PPO, Evaluator
 from wsa_lab.seeding import deterministic_kernels, rng_state, seed_everything, set_rng_state
 from wsa_lab.tracking import build_tracker
@@ -150,19 +152,21 @@ def _fmt(value: float | None) -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one run (or resume it from its folder's checkpoint); return its summary."""
     envs: list[Any] = []  # closed at the end (async Gymnasium envs hold worker processes)
-    try:
-        return _train(cfg, envs)
-    finally:
-        for env in envs:
-            close = getattr(env, "close", None)
-            if close is not None:
-                close()
+    with contextlib.ExitStack() as held:  # the run folder's lock (taken in _train), released last
+        try:
+            return _train(cfg, envs, held)
+        finally:
+            for env in envs:
+                close = getattr(env, "close", None)
+                if close is not None:
+                    close()
 
 
-def _train(cfg: DictConfig, envs: list[Any]) -> dict[str, Any]:
+def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict[str, Any]:
     settings = validate(cfg)
     algo, eval_cfg, ckpt_cfg = settings.algo, settings.evaluation, settings.checkpoint
     run_dir = Path(cfg.paths.output_dir)
+    held.enter_context(RunLock(run_dir))  # one writer per run folder: RunFolderBusyError if a live run holds it
     snapshot = config_snapshot(cfg)
     found = accept_resume(cfg, run_dir, snapshot)  # a refusal here leaves the folder as it was
 
@@ -229,7 +233,7 @@ def _train(cfg: DictConfig, envs: list[Any]) -> dict[str, Any]:
     tracker.write_summary({**summary, "status": "running"})
     # Signals stay caught until the summary is written: one that lands after the last iteration's checkpoint
     # (the run is complete) must not kill the process mid-summary.
-    with StopSignals() as signals:
+    with StopSignals(run_dir) as signals:
         try:
             with tqdm(
                 total=algo.num_iterations * algo.batch_size, initial=ppo.iteration * algo.batch_size, unit="step",
@@ -262,7 +266,7 @@ def _train(cfg: DictConfig, envs: list[Any]) -> dict[str, Any]:
                         stopped_on_signal = True
                         signals.stop()  # requeue through submitit's handler, or exit 128 + signal
         except BaseException as exc:
-            status = "interrupted" if stopped_on_signal else "failed"
+            status = "interrupted" if stopped_on_signal or isinstance(exc, Interrupted) else "failed"
             tracker.finish({
                 **summary, "status": status, "error": f"{type(exc).__name__}: {exc}", "global_step": ppo.global_step,
                 "wall_time_s": resumed_time + time.time() - start,

@@ -158,12 +158,15 @@ def _train(
         epoch, start_batch, losses = int(state["epoch"]), int(state["batch"]), list(state["losses"])
         epoch_rng = state["epoch_rng"]
         torch.set_rng_state(state["torch_rng"])
+        if "objective_rng" in state:  # e.g. DGI's corruption shuffles
+            objective.generator.set_state(state["objective_rng"])
         log.info("resuming pre-training from %s at epoch %d, batch %d", path, epoch, start_batch)
 
     def checkpoint(next_batch: int) -> None:
         save_rotating({
             "objective": objective.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": next_batch,
             "losses": losses, "epoch_rng": epoch_rng, "torch_rng": torch.get_rng_state(), "config": snapshot,
+            **({"objective_rng": objective.generator.get_state()} if hasattr(objective, "generator") else {}),
         }, job_dir / "checkpoints")
 
     objective.train()

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from wsa_lab.errors import ConfigError
+from wsa_lab.guard import check_secrets
 from wsa_lab.schema import structured, unknown_key_error
 from wsa_lab.tracking.health import HealthConfig
 
@@ -84,6 +85,7 @@ def logger_settings(cfg: DictConfig) -> LoggerSettings:
 
     `logger.console` is validated by `wsa_lab.config.validate`.
     """
+    check_secrets(cfg)  # one place decides what a secret is (wsa_lab.guard)
     node = cfg.get("logger") or {}
     entries = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     known = ("console", "health", "wandb", "tensorboard")

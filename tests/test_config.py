@@ -159,7 +159,7 @@ def test_typo_on_the_cli_is_caught_by_hydra(tmp_path: Path):
         (["algo.num_minibatches=1000"], "exceeds the batch"),
         (["algo.num_envs=lots"], "expected int"),
         (["device=cuda:7"] if not torch.cuda.is_available() else ["device=nonsense"], "device"),
-        (["seed=-1"], "seed must be an integer >= 0"),
+        (["seed=-1"], "seed must be an integer in [0, 2**32 - 1]"),
         (["deterministic=maybe"], "deterministic must be true or false"),
         (["actor_critic.wsa.fusion=sum"], "fusion must be one of"),
         (["ptm=[]"], "no PTMs"),
@@ -189,7 +189,7 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     cfg = compose_config([], blocker / "run")
-    with pytest.raises(ConfigError, match="cannot create the output folder"):
+    with pytest.raises(ConfigError, match="cannot create or write the output folder .*is not a folder"):
         validate(cfg)
 
 

@@ -54,6 +54,15 @@ GYM_ARMS: dict[str, list[str]] = {
     "standard_gym": ["experiment=phase1_baseline", *GYM_COVERAGE],
     "wsa3_hybrid_gym": ["experiment=phase3_hybrid", *GYM_COVERAGE],
 }
+# The start-up memory estimate (wsa_lab.resources) against the measured peak RSS of one iteration.
+MEMORY_CONFIGS: dict[str, list[str]] = {
+    "standard": ["experiment=phase1_baseline"],
+    "wsa3_hybrid": ["experiment=phase3_hybrid"],
+    "wsa3_hybrid_envs64": ["experiment=phase3_hybrid", "algo.num_envs=64"],
+    "wsa3_hybrid_image64": ["experiment=phase3_hybrid", "env.image_size=64"],
+    "wsa3_hybrid_N2000": ["experiment=phase3_hybrid", "env.num_nodes=2000", "algo.num_steps=8", "algo.num_minibatches=1"],
+    "graph_only_N2000": ["ptm=[graph_cnn]", "env.num_nodes=2000", "algo.num_envs=64"],
+}
 # Mixed-size batches: total nodes of a batch of graphs with 10..200 nodes each, degree 8.
 MIXED_TOTAL_NODES = (1600, 3200, 6400, 12800)
 QUICK_MIXED_TOTAL_NODES = (200, 400)
@@ -228,13 +237,22 @@ def peak_rss_subprocess(overrides: list[str], device: str) -> dict[str, float]:
 
 
 def probe_memory(spec: str) -> None:
-    """Child side of `peak_rss_subprocess`: print {rss_build_mib, rss_peak_mib, update_s} as JSON."""
+    """Child side of `peak_rss_subprocess`: print {rss_start_mib, estimate_mib, rss_build_mib, rss_peak_mib,
+    update_s} as JSON (`estimate_mib`: the start-up memory estimate of wsa_lab.resources for this config)."""
+    from wsa_lab.config import env_target, validate
+    from wsa_lab.resources import estimate_memory
+    from wsa_lab.train import make_env
+
     args = json.loads(spec)
     with tempfile.TemporaryDirectory() as workdir:
+        cfg = compose([*args["overrides"], f"device={args['device']}", "seed=0"], os.path.join(workdir, "estimate"))
+        rss_start = _max_rss_mib()
+        estimate = estimate_memory(cfg, validate(cfg), make_env, env_target(cfg.env)).total / 2**20
         arm = build_arm("probe", args["overrides"], args["device"], workdir)
         rss_build = _max_rss_mib()
         sample = run_iteration(arm)
-    print(json.dumps({"rss_build_mib": rss_build, "rss_peak_mib": _max_rss_mib(), "update_s": sample["update_s"]}))
+    print(json.dumps({"rss_start_mib": rss_start, "estimate_mib": estimate, "rss_build_mib": rss_build,
+                      "rss_peak_mib": _max_rss_mib(), "update_s": sample["update_s"]}))
 
 
 def _max_rss_mib() -> float:
@@ -441,7 +459,7 @@ def machine_info(device: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m wsa_lab.bench", description=__doc__.splitlines()[0])
-    sections = ["arms", "gym", "mixed", "nodes", "ptms", "checkpoint", "references"]
+    sections = ["arms", "gym", "mixed", "nodes", "ptms", "checkpoint", "references", "memory"]
     parser.add_argument("--only", nargs="+", choices=sections, default=sections, help="sections to run")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds of the main arms (median); default 5")
     parser.add_argument("--sweep-repeats", type=int, default=None, help="timed rounds of the sweeps; default 3")
@@ -534,6 +552,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "mixed" in args.only:
             totals = QUICK_MIXED_TOTAL_NODES if args.quick else MIXED_TOTAL_NODES
             report["mixed_sizes"] = mixed_size_section(totals, args.sweep_repeats, args.device, log)
+        if "memory" in args.only and not args.device.startswith("cuda"):
+            configs = {name: [*common, *ov] for name, ov in MEMORY_CONFIGS.items()}
+            if args.quick:
+                configs = dict(list(configs.items())[:2])
+            rows = []
+            for name, ov in configs.items():
+                log(f"memory estimate vs measured: {name}")
+                row = {"config": name, **peak_rss_subprocess(ov, args.device)}
+                row["predicted_mib"] = row["rss_start_mib"] + row["estimate_mib"]
+                row["measured_over_predicted"] = row["rss_peak_mib"] / row["predicted_mib"]
+                rows.append(row)
+            report["memory"] = rows
         if "references" in args.only:
             overrides = [*common, *ARMS["wsa3_hybrid"]]
             arm = build_arm("references", overrides, args.device, workdir)
@@ -636,6 +666,11 @@ def render(report: dict[str, Any]) -> str:
                 ("forward+backward ms", "ms", ".1f"), ("us per node", "us_per_node", ".2f")]
         rows = [{**r, "sizes": f"{r['min_nodes']}..{r['max_nodes']}", "ms": 1e3 * r["seconds"]} for r in report["mixed_sizes"]]
         out += ["## Mixed-size graph batches (graph_cnn WSA actor-critic, forward + backward)", "", table(rows, cols), ""]
+    if "memory" in report:
+        cols = [("config", "config", ""), ("RSS at start MiB", "rss_start_mib", ".0f"), ("estimate MiB", "estimate_mib", ".0f"),
+                ("predicted peak MiB", "predicted_mib", ".0f"), ("measured peak MiB", "rss_peak_mib", ".0f"),
+                ("measured / predicted", "measured_over_predicted", ".2f")]
+        out += ["## Start-up memory estimate vs measured peak RSS (one iteration)", "", table(report["memory"], cols), ""]
     if "references" in report:
         g = report["references"]
         out += ["## Reference returns of the evaluation set", "",

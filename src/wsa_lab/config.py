@@ -13,10 +13,12 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wsa_lab.errors import ConfigError
-from wsa_lab.guard import check_name, check_secrets
+from wsa_lab.guard import check_name, check_output_dir, check_secrets
+from wsa_lab.tracking.settings import logger_settings
+from wsa_lab.tracking.wandb_backend import check_reachable
 from wsa_lab.models import build_actor_critic
 from wsa_lab.rl.config import PPOConfig
-from wsa_lab.schema import structured, unknown_key_error
+from wsa_lab.schema import MAX_SEED, check_range, structured, unknown_key_error
 
 ROOT_KEYS = (
     "name", "phase", "seed", "device", "deterministic", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
@@ -62,10 +64,18 @@ class EvaluationConfig:
     seed: int = 12345  # seed of the held-out episode set (not the run's seed)
     metric: Optional[str] = None  # headline metric; null = eval/<first reference>_ratio, or eval/return
 
+    def __post_init__(self) -> None:
+        check_range("evaluation.interval", self.interval, ge=1)
+        check_range("evaluation.num_instances", self.num_instances, ge=1)
+        check_range("evaluation.seed", self.seed, ge=0, le=MAX_SEED)
+
 
 @dataclass
 class CheckpointConfig:
     interval: int = 4  # write checkpoints/last.pt every N PPO iterations (and after the last)
+
+    def __post_init__(self) -> None:
+        check_range("checkpoint.interval", self.interval, ge=1)
 
 
 @dataclass
@@ -115,8 +125,8 @@ def validate(cfg: DictConfig) -> RunSettings:
             raise unknown_key_error(key, list(ROOT_KEYS), "config")
     check_secrets(cfg)  # the CLI refuses them before Hydra writes anything (wsa_lab.guard); train(cfg) here
     check_name(cfg.name)
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {cfg.seed!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, 2**32 - 1] (what numpy and torch accept), got {cfg.seed!r}")
     for flag in ("resume", "deterministic"):
         if not isinstance(cfg.get(flag, True), bool):
             raise ConfigError(f"{flag} must be true or false, got {cfg[flag]!r}")
@@ -130,6 +140,10 @@ def validate(cfg: DictConfig) -> RunSettings:
     for name, sub in (cfg.logger or {}).items():
         if name == "console":
             structured(ConsoleConfig, sub, "logger.console")
+    loggers = logger_settings(cfg)
+    if loggers.wandb is not None and loggers.wandb.resolved_mode() == "online":
+        # before anything is written: wandb itself retries ~100 s without network
+        check_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     pool = cfg.get("ptm") or {}
     wsa = cfg.actor_critic.wsa
     if cfg.ptm_count is not None:
@@ -166,9 +180,8 @@ def env_target(node: DictConfig) -> Callable[..., Any]:
 
 
 def _check_output_dir(out: Path) -> None:
+    check_output_dir(out, "hydra.run.dir")  # a file in the way, a read-only folder (the CLI checked it already)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the output folder {out}: {exc.strerror}; set hydra.run.dir to a writable folder") from exc
-    if not os.access(out, os.W_OK):
-        raise ConfigError(f"output folder {out} is not writable; set hydra.run.dir to a writable folder")

@@ -70,3 +70,42 @@ def structured(cls: type[T], data: Mapping[str, Any] | DictConfig | None, where:
 def _type_name(annotation: Any) -> str:
     names = [getattr(t, "__name__", str(t)) for t in _allowed_types(annotation)]
     return " or ".join("null" if n == "NoneType" else n for n in names)
+
+
+#: Seeds numpy and torch both accept (numpy's legacy seeding takes [0, 2**32 - 1]).
+MAX_SEED = 2**32 - 1
+
+
+def check_range(
+    where: str,
+    value: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    none_ok: bool = False,
+) -> None:
+    """One-line ConfigError unless `value` is a finite number within the bounds (`ge` <= value, `gt` < value, ...).
+
+    NaN and infinities fail every range, so `algo.clip_coef=nan` is named here, not at the first update.
+    """
+    if value is None and none_ok:
+        return
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    parts = []
+    if ge is not None:
+        parts.append((value >= ge, f">= {ge}"))
+    if gt is not None:
+        parts.append((value > gt, f"> {gt}"))
+    if le is not None:
+        parts.append((value <= le, f"<= {le}"))
+    if lt is not None:
+        parts.append((value < lt, f"< {lt}"))
+    failed = [text for ok, text in parts if not ok]
+    if failed:
+        bounds = " and ".join(text for _, text in parts)
+        raise ConfigError(f"{where} must be {bounds}, got {value!r}")

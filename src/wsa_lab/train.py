@@ -22,11 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from wsa_lab.checkpoint import LAST, PREVIOUS, load_latest, save_rotating
-from wsa_lab.config import validate
+from wsa_lab.config import env_target, validate
 from wsa_lab.contract import VectorGraphEnv, specs
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
+from wsa_lab.resources import check_memory, human
 from wsa_lab.resume import Interrupted, StopSignals, config_differences, config_snapshot, truncate_metrics
 from wsa_lab.runlock import RunLock
 from wsa_lab.rl import PPO, Evaluator
@@ -169,6 +170,7 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
     held.enter_context(RunLock(run_dir))  # one writer per run folder: RunFolderBusyError if a live run holds it
     snapshot = config_snapshot(cfg)
     found = accept_resume(cfg, run_dir, snapshot)  # a refusal here leaves the folder as it was
+    memory = check_memory(cfg, settings, make_env, env_target(cfg.env))  # before the envs allocate anything
 
     device = settings.device
     deterministic_kernels(device, settings.deterministic)
@@ -205,6 +207,7 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
         "torch": torch.__version__,
         "host": platform.node(),
         "torch_threads": torch.get_num_threads(),
+        "memory_estimate": human(memory),
         **evaluator.reference,
     }
     # evaluation history and time spent, carried across restarts by the checkpoint

@@ -106,6 +106,10 @@ class CoverageEnv:
         device: str | torch.device = "cpu",
         seed: int = 0,
     ) -> None:
+        for name, value in (("cluster_std", cluster_std), ("background_frac", background_frac), ("r_min", r_min),
+                            ("r_max", r_max), ("cost", cost)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if num_sites < 1:
@@ -154,6 +158,22 @@ class CoverageEnv:
         # Instances are sampled on the CPU (then moved): same seed -> same instances on any device.
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
         self.reset()
+
+    @classmethod
+    def memory_estimate(
+        cls, num_envs: int, num_nodes: int = 50, num_sites: int = 5, knn_k: int = 8, image_size: int = 32, **_: Any
+    ) -> dict[str, float]:
+        """Bytes of one observation and of one env's state, and the peak of building `num_envs` at once (the kNN
+        distances of a chunk of instances, N^2 floats each), for the start-up memory check (wsa_lab.resources)."""
+        N, k, H, K = max(1, num_nodes), max(0, knn_k), max(1, image_size), max(1, num_sites)  # the env names bad sizes
+        observation = N * NODE_FEATURE_DIM * 4 + N * k * (2 * 8 + 4) + N + N * 2 * 4 + 3 * H * H * 4 + 32
+        state = N * (2 * 4 + 4 + k * 8 + 1 + 1 + 4) + 40
+        chunk = max(1, min(64, 2**24 // (N * N)))
+        knn = chunk * N * N * (4 + 1 + 8)  # cdist (float32), the diagonal mask, topk's workspace
+        sampling = num_envs * N * 2 * 4 * 6  # generate_instances' temporaries
+        discs = num_envs * min(K, N) * H * H * 4 * 3  # render_image: dx, dy, inside per site
+        return {"observation": observation, "state": state, "nodes": N, "transient": knn + sampling + discs,
+                "image_pixels": H * H}
 
     # ------------------------------------------------------------------ helpers
     def _check_num_nodes(self, num_nodes: int, num_sites: int, knn_k: int) -> None:

@@ -19,7 +19,7 @@ from wsa_lab.models.heads import HybridAction, HybridActionHead, mlp
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
 from wsa_lab.errors import ConfigError
-from wsa_lab.schema import structured
+from wsa_lab.schema import check_range, structured
 
 
 @dataclass
@@ -246,6 +246,12 @@ def build_actor_critic(
     wsa: Optional[dict[str, Any]] = None,
 ) -> ActorCritic:
     """Build the actor-critic from the `actor_critic` config, sized from the env's spaces; `wsa.enabled` picks the actor."""
+    for key, value in (("hidden_dim", hidden_dim), ("gnn_layers", gnn_layers), ("context_dim", context_dim),
+                       ("feature_dim", feature_dim), ("graph_cnn_hidden_dim", graph_cnn_hidden_dim),
+                       ("head_hidden_dim", head_hidden_dim), ("raster_size", raster_size)):
+        check_range(f"actor_critic.{key}", value, ge=1)
+    check_range("actor_critic.checkpoint_min_nodes", checkpoint_min_nodes, ge=0)
+    check_range("actor_critic.init_log_std", init_log_std, ge=-20, le=5)  # std between 2e-9 and 148
     wsa_cfg = structured(WSAConfig, wsa, "actor_critic.wsa")
     gpu_cfg = structured(GPUConfig, gpu, "actor_critic.gpu")
     obs = observation_spec

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from wsa_lab.errors import ConfigError
+from wsa_lab.schema import check_range
 
 
 @dataclass
@@ -58,18 +59,20 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"algo.{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"algo.learning_rate must be > 0, got {self.learning_rate}")
+            check_range(f"algo.{name}", getattr(self, name), ge=1)
+        check_range("algo.learning_rate", self.learning_rate, gt=0)
+        check_range("algo.clip_coef", self.clip_coef, gt=0)  # a ratio clip of 0 or less clips nothing sensible
+        check_range("algo.max_grad_norm", self.max_grad_norm, gt=0)
+        for name in ("ent_coef", "vf_coef"):
+            check_range(f"algo.{name}", getattr(self, name), ge=0)
+        check_range("algo.target_kl", self.target_kl, gt=0, none_ok=True)
         if self.num_minibatches > self.batch_size:
             raise ConfigError(
                 f"algo.num_minibatches={self.num_minibatches} exceeds the batch of {self.batch_size} samples "
                 "(num_envs * num_steps); lower num_minibatches or raise num_steps"
             )
         for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"algo.{name} must be in [0, 1], got {getattr(self, name)}")
+            check_range(f"algo.{name}", getattr(self, name), ge=0.0, le=1.0)
         if self.total_timesteps < self.batch_size:
             raise ConfigError(
                 f"algo.total_timesteps={self.total_timesteps} is less than one rollout "

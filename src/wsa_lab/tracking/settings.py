@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsa_lab.errors import ConfigError
 from wsa_lab.guard import check_secrets
-from wsa_lab.schema import structured, unknown_key_error
+from wsa_lab.schema import check_range, structured, unknown_key_error
 from wsa_lab.tracking.health import HealthConfig
 
 WANDB_MODES = ("auto", "offline", "online", "disabled")
@@ -69,6 +69,9 @@ class TensorBoardConfig:
     """folder of the event files; null = <run folder>/tensorboard"""
     flush_secs: int = 30
     """seconds between flushes to disk (so `tensorboard --logdir` follows a running job)"""
+
+    def __post_init__(self) -> None:
+        check_range("logger.tensorboard.flush_secs", self.flush_secs, ge=1)
 
 
 @dataclass

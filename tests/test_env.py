@@ -421,7 +421,8 @@ def test_gymnasium_make_and_check_env():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env.unwrapped)
-    assert [str(w.message) for w in caught] == []
+    # (ResourceWarnings come from other tests' objects the garbage collector happens to close now)
+    assert [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)] == []
 
     obs, info = env.reset(seed=3)
     assert env.observation_space.contains(obs)

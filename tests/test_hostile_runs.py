@@ -288,6 +288,7 @@ def test_run_lock_refuses_while_the_holder_lives_and_is_taken_over_after_sigkill
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     with RunLock(folder) as lock:  # the kernel released the dead holder's lock: taken over silently
         assert lock.held and json.loads((folder / ".lock").read_text())["pid"] == os.getpid()
         with RunLock(folder):  # re-entrant within a process
@@ -316,6 +317,7 @@ def test_a_forked_child_does_not_keep_a_dead_runs_lock(tmp_path: Path):
     try:
         run_proc.kill()
         run_proc.wait()
+        run_proc.stdout.close()
         assert alive(child)  # the run is dead, its forked child is not
         with RunLock(folder):  # the child closed its copy of the lock's descriptor at fork
             pass
@@ -338,6 +340,7 @@ def test_lock_of_an_earlier_attempt_of_the_same_slurm_job_is_broken(tmp_path: Pa
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
 
 
 def test_without_flock_a_pid_file_with_liveness_checks_is_used(tmp_path: Path, monkeypatch, caplog):

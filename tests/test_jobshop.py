@@ -65,7 +65,8 @@ def test_check_env_passes_without_warnings(kwargs: dict[str, Any]) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env)
-    assert [str(w.message) for w in caught] == []
+    # (ResourceWarnings come from other tests' objects the garbage collector happens to close now)
+    assert [str(w.message) for w in caught if not issubclass(w.category, ResourceWarning)] == []
 
 
 def test_registered_once_and_make_forwards_kwargs() -> None:

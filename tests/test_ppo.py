@@ -65,7 +65,7 @@ def test_one_update_changes_trainable_weights_only():
         ({"learning_rate": -1.0}, "learning_rate must be > 0"),
         ({"num_envs": 2, "num_steps": 2, "num_minibatches": 8}, "exceeds the batch"),
         ({"total_timesteps": 10}, "less than one rollout"),
-        ({"gamma": 1.5}, "gamma must be in"),
+        ({"gamma": 1.5}, "gamma must be >= 0.0 and <= 1.0"),
     ],
 )
 def test_ppo_config_rejects_bad_values(kwargs, match):

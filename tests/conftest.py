@@ -96,3 +96,34 @@ def pretrained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         wrapper = PreTrainedModelWrapper(spec, 128, 6, 64, None, 500, 3, 32, 1)
         torch.save(wrapper.backbone.state_dict(), folder / f"{entry['name']}.pt")
     return folder
+
+
+def actor_critic_kwargs(**overrides) -> dict:
+    """`build_actor_critic`'s keyword arguments: conf/actor_critic/default.yaml's values (where its defaults live)
+    with the `attention` group's default, updated with `overrides` (nested dicts such as `wsa` are merged)."""
+    from omegaconf import OmegaConf
+
+    from wsa_lab.conf_files import yaml_defaults
+
+    base = yaml_defaults("actor_critic/default.yaml")
+    base.update(raster_size=32, weights_dir=None)  # interpolations in the file (env.image_size, paths.weights_dir)
+    base["wsa"] = {**base["wsa"], "pretrained_models": [], "attention": yaml_defaults("attention/additive.yaml")}
+    merged = OmegaConf.merge(OmegaConf.create(base), OmegaConf.create(overrides))
+    return OmegaConf.to_container(merged)
+
+
+def ppo_config(**overrides):
+    """A PPOConfig: conf/algo/ppo.yaml's values (where its defaults live) updated with `overrides`."""
+    from wsa_lab.conf_files import yaml_defaults
+    from wsa_lab.rl import PPOConfig
+
+    return PPOConfig(**{**yaml_defaults("algo/ppo.yaml"), **overrides})
+
+
+def from_yaml(cls, relative: str, key: str | None = None, **overrides):
+    """A config dataclass built from its conf/ file's values (where its defaults live), updated with `overrides`."""
+    from wsa_lab.conf_files import yaml_defaults
+
+    data = yaml_defaults(relative, key)
+    data.pop("eval_env", None)
+    return cls(**{**{k: v for k, v in data.items() if k in cls.__dataclass_fields__}, **overrides})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import coverage_specs, subprocess_env
+from conftest import actor_critic_kwargs, coverage_specs, subprocess_env
 from wsa_lab import bench
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.models import build_actor_critic
@@ -39,7 +39,7 @@ def test_ratios_and_verdicts():
 def test_references_are_computed_once():
     env = bench.CountedReferences(CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16))
     ptms = [{"name": "g", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
-    agent = build_actor_critic(*coverage_specs(image_size=16), wsa={"enabled": True, "pretrained_models": ptms})
+    agent = build_actor_critic(*coverage_specs(image_size=16), **actor_critic_kwargs(wsa={"enabled": True, "pretrained_models": ptms}))
     evaluator = Evaluator(env, seed=3)
     assert env.calls == 1 and evaluator.reference_names == ["greedy", "random"]
     for _ in range(3):

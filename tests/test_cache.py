@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import coverage_specs
+from conftest import actor_critic_kwargs, coverage_specs, ppo_config
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.models import StateInputs, build_actor_critic, gpu
 from wsa_lab.rl import PPO, PPOConfig
@@ -23,10 +23,10 @@ STEPS, ENVS, MINIBATCHES, EPOCHS = 6, 4, 2, 2
 def make_agent(ptms, cache: bool, **kwargs):
     torch.manual_seed(0)
     wsa = {"enabled": bool(ptms), "pretrained_models": ptms, "attention": {"hidden_dim": 16, "dropout": 0.1}}
-    return build_actor_critic(
-        *coverage_specs(image_size=32), hidden_dim=16, context_dim=16, feature_dim=16, graph_cnn_hidden_dim=16,
-        head_hidden_dim=16, frozen_feature_cache=cache, wsa=wsa, **kwargs,
-    )
+    return build_actor_critic(*coverage_specs(image_size=32), **actor_critic_kwargs(
+        hidden_dim=16, context_dim=16, feature_dim=16, graph_cnn_hidden_dim=16, head_hidden_dim=16,
+        frozen_feature_cache=cache, wsa=wsa, **kwargs,
+    ))
 
 
 def count_calls(module: torch.nn.Module) -> list[int]:
@@ -40,7 +40,7 @@ def one_iteration(ptms, cache: bool, device: str = "cpu", **kwargs):
     agent = make_agent(ptms, cache, **kwargs).to(device)
     calls = [count_calls(p.backbone) for p in agent.actor.extractor.ptms] if agent.uses_wsa else []
     env = CoverageEnv(num_envs=ENVS, num_nodes=20, num_sites=3, knn_k=4, image_size=32, seed=0, device=device)
-    cfg = PPOConfig(total_timesteps=STEPS * ENVS, num_envs=ENVS, num_steps=STEPS, num_minibatches=MINIBATCHES,
+    cfg = ppo_config(total_timesteps=STEPS * ENVS, num_envs=ENVS, num_steps=STEPS, num_minibatches=MINIBATCHES,
                     update_epochs=EPOCHS)
     ppo = PPO(agent, env, cfg)
     torch.manual_seed(1)

@@ -199,3 +199,23 @@ def test_explicit_list_and_ptm_group_together_is_an_error(tmp_path: Path):
         cfg.actor_critic.wsa.pretrained_models = [{"name": "g", "model_type": "graph_cnn"}]  # ... and a list too
     with pytest.raises(ConfigError, match="use one"):
         build(cfg)
+
+
+@pytest.mark.parametrize("file", ["env/coverage.yaml", "env/gym.yaml"])
+def test_an_env_configs_values_are_its_classes_defaults(file: str):
+    """Envs keep their constructor defaults (their Python and Gymnasium API: CoverageEnv(), gymnasium.make); the
+    env's config file states the same values, and this keeps the two from drifting apart."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    from wsa_lab.conf_files import config_dir, yaml_defaults
+
+    target = get_object(OmegaConf.load(config_dir() / file)._target_)
+    params = inspect.signature(target).parameters
+    for key, value in yaml_defaults(file).items():
+        if value == "???":  # a required key (env.id)
+            assert params[key].default is inspect.Parameter.empty
+        else:
+            default = params[key].default
+            assert ({} if default is None and value == {} else default) == value, key  # kwargs: None means {}

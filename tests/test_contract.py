@@ -11,7 +11,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from conftest import REPO, compose_config
+from conftest import REPO, actor_critic_kwargs, compose_config
 from test_train import TINY
 from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.contract import GraphBatch, GymVectorGraphEnv, action_spec, observation_spec, ratio_to_reference, specs
@@ -153,7 +153,7 @@ def test_gym_envs_of_every_form_batch_mixed_sizes_without_padding():
         obs = env.reset(seed=0)
         sizes = obs.nodes_per_graph.tolist()
         assert len(set(sizes)) > 1 and obs.num_nodes == sum(sizes), label  # mixed sizes in one flat batch
-        agent = build_actor_critic(obs_spec, act_spec, wsa={"enabled": True, "pretrained_models": GRAPH_PTM})
+        agent = build_actor_critic(obs_spec, act_spec, **actor_critic_kwargs(wsa={"enabled": True, "pretrained_models": GRAPH_PTM}))
         for _ in range(4):
             out = agent.get_action_and_value(obs)
             assert (out.action.node < obs.nodes_per_graph).all()

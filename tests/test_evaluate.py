@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config, subprocess_env
+from conftest import REPO, compose_config, from_yaml, subprocess_env
 from test_train import TINY
 from wsa_lab import stats
 from wsa_lab.contract import ratio_to_reference, specs
@@ -221,7 +221,7 @@ def test_table_uses_the_report_statistics():
         _fake_result("wsa", 0, {"a": 0.9, "b": 0.95}), _fake_result("wsa", 1, {"a": 0.7, "b": 0.8}),
         _fake_result("wsa", 2, {"a": 0.8, "b": 0.85}),
     ]
-    table = format_table("demo", results, EvaluateSettings(bootstrap_reps=300), COLUMNS)
+    table = format_table("demo", results, from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300), COLUMNS)
     ci = stats.bootstrap_ci(np.array([0.9, 0.7, 0.8]), stats.mean, reps=300, seed=0)
     assert f"{ci.value:.3f} [{ci.low:.3f}, {ci.high:.3f}]" in table  # wsa deterministic on condition a
     assert "| condition | N | K | greedy ref. return | random | base deterministic |" in table
@@ -233,24 +233,24 @@ def test_table_uses_the_report_statistics():
     assert f"P(wsa > base) = {p:.2f}" in table
     unfinished = _fake_result("wsa", 3, {"a": 0.0, "b": 0.0})
     unfinished["run"].update(status="failed", path="/x/run3")
-    assert format_table("demo", [*results, unfinished], EvaluateSettings(bootstrap_reps=300), COLUMNS) == table + (
+    assert format_table("demo", [*results, unfinished], from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300), COLUMNS) == table + (
         "\n- not averaged in: /x/run3 (status 'failed')\n"
     )
-    assert "No completed run" in format_table("demo", [unfinished], EvaluateSettings())
-    single = format_table("demo", results[:1], EvaluateSettings(bootstrap_reps=300), COLUMNS)
+    assert "No completed run" in format_table("demo", [unfinished], from_yaml(EvaluateSettings, "evaluate.yaml"))
+    single = format_table("demo", results[:1], from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300), COLUMNS)
     assert "| 0.600 | 0.500 |" in single and "[" not in single.split("| a |")[1]  # one seed: no CI
-    one_each = format_table("demo", [results[0], results[2]], EvaluateSettings(bootstrap_reps=300), COLUMNS)
+    one_each = format_table("demo", [results[0], results[2]], from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300), COLUMNS)
     assert "P(wsa > base) = n/a (needs >= 2 seeds per arm)" in one_each
 
 
 def test_table_of_an_env_without_references_shows_the_return():
     results = [_plain_result("plain", s, {"a": 1.0 + s, "b": 2.0 + s}) for s in range(2)]
-    table = format_table("demo", results, EvaluateSettings(bootstrap_reps=300), COLUMNS)  # COLUMNS: absent, left out
+    table = format_table("demo", results, from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300), COLUMNS)  # COLUMNS: absent, left out
     assert "| condition | changed | plain deterministic | plain stochastic |" in table
     assert "| a | - | 1.500 [1.000, 2.000] |" in table and "| b | kwargs.picks=4 | 2.500" in table
     assert "the agent's mean episode return" in table and "greedy" not in table
     with pytest.raises(ConfigError, match="different headline metrics \\(eval/return: 2 runs, eval/greedy_ratio: 1 run\\)"):
-        format_table("demo", [*results, _fake_result("cov", 0, {"a": 0.5, "b": 0.5})], EvaluateSettings())
+        format_table("demo", [*results, _fake_result("cov", 0, {"a": 0.5, "b": 0.5})], from_yaml(EvaluateSettings, "evaluate.yaml"))
 
 
 # ------------------------------------------------------------------------------------------- folders

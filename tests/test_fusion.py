@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_config, coverage_specs
+from conftest import actor_critic_kwargs, compose_config, coverage_specs, from_yaml, ppo_config
 from test_train import TINY
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError
@@ -30,12 +30,12 @@ GRAPH_PTMS = [
 def agent(attention: dict | None = None, **wsa):
     torch.manual_seed(0)
     cfg = {"enabled": True, "pretrained_models": GRAPH_PTMS, "attention": {"hidden_dim": 16, **(attention or {})}, **wsa}
-    return build_actor_critic(*coverage_specs(), hidden_dim=16, context_dim=16, feature_dim=16, wsa=cfg)
+    return build_actor_critic(*coverage_specs(), **actor_critic_kwargs(hidden_dim=16, context_dim=16, feature_dim=16, wsa=cfg))
 
 
 def ppo_for(model, steps: int = 4) -> PPO:
     env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, seed=0)
-    return PPO(model, env, PPOConfig(total_timesteps=10 * 4 * steps, num_envs=4, num_steps=steps, num_minibatches=1,
+    return PPO(model, env, ppo_config(total_timesteps=10 * 4 * steps, num_envs=4, num_steps=steps, num_minibatches=1,
                                      update_epochs=1, anneal_lr=False))
 
 
@@ -124,7 +124,7 @@ def test_bad_attention_settings_are_one_line_errors(attention, match):
 
 
 def test_feature_health_warns_once_per_finding(caplog: pytest.LogCaptureFixture):
-    health = FeatureHealth(HealthConfig())
+    health = FeatureHealth(from_yaml(HealthConfig, "logger/health.yaml", "health"))
     diverse = {"wsa/feature_similarity/a__b": 0.4, "wsa/feature_norm_imbalance": 2.0}
     same = {"wsa/feature_similarity/a__b": 0.995, "wsa/feature_similarity/a__c": 0.2, "wsa/feature_norm_imbalance": 12.0}
     with caplog.at_level("WARNING"):

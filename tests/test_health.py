@@ -9,12 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compose_config
+from conftest import compose_config, from_yaml
 from wsa_lab.errors import ConfigError
 from wsa_lab.tracking import AttentionHealth, HealthConfig, Tracker, build_tracker, classify, logger_settings, read_metrics
 from wsa_lab.tracking.health import STATES
 
-CFG = HealthConfig()
+
+def health_config(**overrides) -> HealthConfig:
+    return from_yaml(HealthConfig, "logger/health.yaml", "health", **overrides)
+
+
+CFG = health_config()
 
 
 def drift(start: list[float], end: list[float], n: int = 10) -> np.ndarray:
@@ -70,14 +75,14 @@ def test_unknown_until_min_points():
 def test_thresholds_change_the_verdict():
     w = drift([0.85, 0.10, 0.05], [0.86, 0.09, 0.05])
     assert classify(w, CFG).state == "skewed"
-    assert classify(w, HealthConfig(collapse_threshold=0.8)).state == "collapsed"
+    assert classify(w, health_config(collapse_threshold=0.8)).state == "collapsed"
     flat = drift([0.34, 0.33, 0.33], [0.335, 0.333, 0.332])  # moves 0.005
     assert classify(flat, CFG).state == "balanced"
-    assert classify(flat, HealthConfig(static_tolerance=0.01)).state == "static"
+    assert classify(flat, health_config(static_tolerance=0.01)).state == "static"
 
 
 def test_monitor_warns_once_per_change_and_keeps_the_verdict(caplog: pytest.LogCaptureFixture):
-    monitor = AttentionHealth(HealthConfig(window=6, min_points=3), ["resnet18_imagenet", "graph_cnn"])
+    monitor = AttentionHealth(health_config(window=6, min_points=3), ["resnet18_imagenet", "graph_cnn"])
     # balanced, then a smooth slide (8 iterations) into collapse
     sequence = [*drift([0.5, 0.5], [0.45, 0.55], 8), *drift([0.45, 0.55], [0.97, 0.03], 8)[1:], *drift([0.97, 0.03], [0.98, 0.02], 10)[1:]]
     with caplog.at_level(logging.INFO, logger="wsa_lab"):
@@ -97,7 +102,7 @@ def test_monitor_warns_once_per_change_and_keeps_the_verdict(caplog: pytest.LogC
 
 def test_tracker_logs_health_and_names_and_writes_the_verdict(tmp_path: Path):
     names = ["resnet18_imagenet", "graph_cnn", "resnet18_random"]
-    tracker = Tracker(tmp_path, ptm_names=names, health=AttentionHealth(HealthConfig(), names))
+    tracker = Tracker(tmp_path, ptm_names=names, health=AttentionHealth(health_config(), names))
     for i, w in enumerate(drift([0.34, 0.33, 0.33], [0.30, 0.36, 0.34], 12)):
         tracker.log({**{f"wsa/attention_weights_{j}": v for j, v in enumerate(w)}, "wsa/feature_norms_1": 2.0}, step=8 * (i + 1))
     tracker.finish({"status": "completed"})
@@ -114,7 +119,7 @@ def test_health_thresholds_are_config_keys(tmp_path: Path):
     assert logger_settings(cfg).health.collapse_threshold == 0.5
     cfg = compose_config(["logger=[console]", "+logger.health.window=20"], tmp_path)  # health not in the list
     assert logger_settings(cfg).health.window == 20
-    assert logger_settings(compose_config([], tmp_path)).health == HealthConfig()
+    assert logger_settings(compose_config([], tmp_path)).health == health_config()
     with pytest.raises(ConfigError, match="did you mean 'window'"):
         logger_settings(compose_config(["+logger.health.windw=20"], tmp_path))
     with pytest.raises(ConfigError, match="min_points"):
@@ -135,7 +140,7 @@ def test_a_resumed_run_restores_the_health_window_from_its_metrics(tmp_path: Pat
         for step, w in zip(steps[14:], sequence[14:]):
             resumed.log({"wsa/attention_weights_0": w[0], "wsa/attention_weights_1": w[1]}, step)
     resumed.finish({"status": "completed"})
-    straight = AttentionHealth(HealthConfig(), ["graph_cnn", "resnet18_random"])
+    straight = AttentionHealth(health_config(), ["graph_cnn", "resnet18_random"])
     for step, w in zip(steps, sequence):
         straight.update(w, step)
     assert resumed.health.transitions == straight.transitions

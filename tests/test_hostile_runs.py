@@ -460,7 +460,8 @@ def test_a_second_process_into_a_live_run_folder_is_refused_and_resumes_after_si
     tmp_path: Path, fake_torch_home: Path
 ):
     run_dir = tmp_path / "run"
-    args = [*CLI_RUN, f"algo.total_timesteps={10 * BATCH}", "checkpoint.interval=1", f"hydra.run.dir={run_dir}"]
+    iterations = 80  # long enough that the first run outlives the second process's start-up (imports: seconds)
+    args = [*CLI_RUN, f"algo.total_timesteps={iterations * BATCH}", "checkpoint.interval=1", f"hydra.run.dir={run_dir}"]
     first = cli(args, tmp_path, fake_torch_home)
     try:
         wait_for("the first run to train", lambda: metrics_lines(run_dir) >= 2, first)
@@ -488,7 +489,7 @@ def test_a_second_process_into_a_live_run_folder_is_refused_and_resumes_after_si
     assert third.returncode == 0, third.stderr  # the dead holder's lock is taken over silently
     final = summary(run_dir)
     assert final["status"] == "completed" and final["resumed_from_steps"] and final["resumed_from_steps"][0] <= reached
-    assert steps(run_dir) == list(range(0, 10 * BATCH + 1, BATCH))
+    assert steps(run_dir) == list(range(0, iterations * BATCH + 1, BATCH))
     assert not (run_dir / ".lock").exists()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import coverage_specs
+from conftest import actor_critic_kwargs, coverage_specs
 from wsa_lab.contract import GraphBatch
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError, WeightsNotFoundError
@@ -42,7 +42,7 @@ def obs():
 def wsa_agent(fusion: str = "wsa", ptms=SEED_PTMS, **kwargs):
     torch.manual_seed(0)
     wsa = {"enabled": True, "fusion": fusion, "pretrained_models": ptms, "attention": {"hidden_dim": 32, "dropout": 0.1}}
-    return build_actor_critic(*coverage_specs(), wsa=wsa, **kwargs)
+    return build_actor_critic(*coverage_specs(), **actor_critic_kwargs(wsa=wsa, **kwargs))
 
 
 def test_attention_weights_sum_to_one_and_fuse_features():
@@ -104,10 +104,9 @@ def test_fusion_modes(obs, fusion, expected_dim):
 
 def test_standard_actor_gradients_reach_gnn_through_frozen_cnn(obs):
     torch.manual_seed(0)
-    agent = build_actor_critic(
-        *coverage_specs(), wsa={"enabled": False},
-        standard={"model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},
-    )
+    agent = build_actor_critic(*coverage_specs(), **actor_critic_kwargs(
+        wsa={"enabled": False}, standard={"model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},
+    ))
     out = agent.get_action_and_value(obs)
     (out.log_prob.sum() + out.value.sum()).backward()
     assert all(p.grad is None for p in agent.actor.cnn.parameters())
@@ -264,7 +263,7 @@ def test_evaluate_and_update_paths_agree_on_log_prob(obs):
 def test_actors_handle_2000_node_graphs_with_checkpointing():
     env = CoverageEnv(num_envs=2, num_nodes=2000, num_sites=5, image_size=32, seed=0)
     big = env.reset()
-    for agent in (wsa_agent(), build_actor_critic(*coverage_specs(), wsa={"enabled": False})):
+    for agent in (wsa_agent(), build_actor_critic(*coverage_specs(), **actor_critic_kwargs(wsa={"enabled": False}))):
         assert agent.actor.encoder.out_dim > 0
         out = agent.get_action_and_value(big)  # 2000 > checkpoint_min_nodes: CNN bodies are checkpointed
         (out.log_prob.sum() + out.value.sum()).backward()
@@ -276,7 +275,7 @@ def test_standard_actor_checkpointing_gives_identical_gradients(obs):
     grads = []
     for min_nodes in (10_000, 0):
         torch.manual_seed(0)
-        agent = build_actor_critic(*coverage_specs(), checkpoint_min_nodes=min_nodes, wsa={"enabled": False})
+        agent = build_actor_critic(*coverage_specs(), **actor_critic_kwargs(checkpoint_min_nodes=min_nodes, wsa={"enabled": False}))
         agent.train()
         out = agent.get_action_and_value(obs, HybridAction(torch.zeros(obs.num_graphs, dtype=torch.long), torch.zeros(obs.num_graphs, 1)))
         (out.log_prob.sum() + out.value.sum()).backward()

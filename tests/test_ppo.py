@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import coverage_specs
+from conftest import actor_critic_kwargs, coverage_specs, ppo_config
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError
 from wsa_lab.models import build_actor_critic
@@ -25,7 +25,7 @@ def test_gae_matches_hand_computation():
 def small_agent():
     torch.manual_seed(0)
     ptms = [{"name": "g", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
-    return build_actor_critic(*coverage_specs(image_size=16), wsa={"enabled": True, "pretrained_models": ptms})
+    return build_actor_critic(*coverage_specs(image_size=16), **actor_critic_kwargs(wsa={"enabled": True, "pretrained_models": ptms}))
 
 
 @pytest.mark.parametrize("max_episode_steps", [None, 2])
@@ -35,7 +35,7 @@ def test_truncated_episodes_bootstrap_the_value(max_episode_steps):
     final = agent.critic[-1]
     torch.nn.init.zeros_(final.weight)
     torch.nn.init.constant_(final.bias, 5.0)  # V(s) = 5 everywhere
-    ppo = PPO(agent, env, PPOConfig(total_timesteps=24, num_envs=4, num_steps=6, num_minibatches=2))
+    ppo = PPO(agent, env, ppo_config(total_timesteps=24, num_envs=4, num_steps=6, num_minibatches=2))
     ppo.collect_rollout()
     bootstrapped = ppo.rewards > 4.0  # env rewards are <= 1; 0.99 * 5 only comes from bootstrapping
     if max_episode_steps is None:
@@ -49,7 +49,7 @@ def test_one_update_changes_trainable_weights_only():
     env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16)
     agent = small_agent()
     before = {k: v.clone() for k, v in agent.state_dict().items()}
-    ppo = PPO(agent, env, PPOConfig(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2, update_epochs=2))
+    ppo = PPO(agent, env, ppo_config(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2, update_epochs=2))
     metrics = ppo.iterate()
     assert ppo.global_step == 32 and ppo.iteration == 1
     for key in ("losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac",
@@ -70,7 +70,7 @@ def test_one_update_changes_trainable_weights_only():
 )
 def test_ppo_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        PPOConfig(**kwargs)
+        ppo_config(**kwargs)
 
 
 def test_non_finite_loss_stops_training_with_the_step_and_quantity():
@@ -78,7 +78,7 @@ def test_non_finite_loss_stops_training_with_the_step_and_quantity():
 
     env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16)
     agent = small_agent()
-    ppo = PPO(agent, env, PPOConfig(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2))
+    ppo = PPO(agent, env, ppo_config(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2))
     with torch.no_grad():
         agent.critic[-1].bias.fill_(float("nan"))  # the value (and so the loss) becomes NaN
     with pytest.raises(TrainingDivergedError, match=r"non-finite loss at global_step 32 \(iteration 1"):
@@ -89,7 +89,7 @@ def test_non_finite_parameter_is_named():
     from wsa_lab.errors import TrainingDivergedError
 
     env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16)
-    ppo = PPO(small_agent(), env, PPOConfig(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2))
+    ppo = PPO(small_agent(), env, ppo_config(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2))
     with torch.no_grad():
         ppo.agent.head.log_std.fill_(float("inf"))
     with pytest.raises(TrainingDivergedError, match="non-finite"):

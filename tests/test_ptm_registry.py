@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from conftest import REPO, coverage_specs, subprocess_env
+from conftest import REPO, actor_critic_kwargs, coverage_specs, subprocess_env
 from wsa_lab.config import config_dir
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError, WeightsNotFoundError
@@ -70,7 +70,7 @@ def agent_of(ptms, **kwargs):
     torch.manual_seed(0)
     sizes = dict(hidden_dim=16, context_dim=16, feature_dim=16, graph_cnn_hidden_dim=16, head_hidden_dim=16)
     wsa = {"pretrained_models": ptms, "attention": {"hidden_dim": 16, "dropout": 0.0}}
-    return build_actor_critic(*coverage_specs(), **{**sizes, **kwargs}, wsa=wsa)
+    return build_actor_critic(*coverage_specs(), **actor_critic_kwargs(**{**sizes, **kwargs}, wsa=wsa))
 
 
 def step(agent, obs):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_config, subprocess_env
+from conftest import compose_config, from_yaml, subprocess_env
 from wsa_lab.errors import ConfigError
 from wsa_lab.tracking import Tracker, build_tracker, logger_settings, read_metrics
 from wsa_lab.tracking.settings import WandbConfig
@@ -231,16 +231,16 @@ def test_logger_config_errors_are_one_line(tmp_path: Path):
 
 def test_wandb_mode_offline_by_default_online_when_asked(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("WANDB_MODE")
-    assert WandbConfig().resolved_mode() == "offline"
-    assert WandbConfig(mode="online").resolved_mode() == "online"
+    assert from_yaml(WandbConfig, "logger/wandb.yaml", "wandb").resolved_mode() == "offline"
+    assert from_yaml(WandbConfig, "logger/wandb.yaml", "wandb", mode="online").resolved_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "online")
-    assert WandbConfig().resolved_mode() == "online"
-    assert WandbConfig(mode="offline").resolved_mode() == "offline"  # an explicit mode wins
+    assert from_yaml(WandbConfig, "logger/wandb.yaml", "wandb").resolved_mode() == "online"
+    assert from_yaml(WandbConfig, "logger/wandb.yaml", "wandb", mode="offline").resolved_mode() == "offline"  # an explicit mode wins
     monkeypatch.setenv("WANDB_MODE", "dryrun")
-    assert WandbConfig().resolved_mode() == "offline"
+    assert from_yaml(WandbConfig, "logger/wandb.yaml", "wandb").resolved_mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "sometimes")
     with pytest.raises(ConfigError, match="WANDB_MODE"):
-        WandbConfig().resolved_mode()
+        from_yaml(WandbConfig, "logger/wandb.yaml", "wandb").resolved_mode()
 
 
 def test_online_without_a_key_fails_with_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -23,6 +23,7 @@ if __name__ == "__main__":  # only as the CLI: importing torch takes seconds, an
 import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -30,7 +31,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from wsa_lab.config import config_dir  # noqa: E402
+from wsa_lab.conf_files import config_dir  # noqa: E402
 from wsa_lab.errors import WsaLabError  # noqa: E402
 from wsa_lab.sweep import finish_sweep  # noqa: E402
 from wsa_lab.train import train  # noqa: E402
@@ -71,8 +72,63 @@ def _remove_unstarted_run() -> None:
             folder = folder.parent
 
 
+def unknown_override(args: list[str]) -> str | None:
+    """A CLI override of a key that does not exist (`algo.learning_rte=0.1`), with a did-you-mean, or None.
+
+    Hydra's own message for it only suggests appending the key with `+`; this names the keys that do exist. The
+    config is composed once with the command's group choices (`experiment=...`, `ptm=[...]`, `--config-dir`);
+    anything this check cannot decide is left to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from wsa_lab.schema import unknown_key_error
+
+    root = config_dir()
+    extra_dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]
+    extra_dirs += [a.split("=", 1)[1] for a in args if a.startswith("--config-dir=")]
+    groups = {p.name for p in root.iterdir() if p.is_dir()} | {
+        p.name for d in extra_dirs if Path(d).is_dir() for p in Path(d).iterdir() if p.is_dir()
+    }
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a syntax error: Hydra's message is the right one
+        return None
+    choices, keys = [], []
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_add() or override.is_force_add() or override.is_delete() or key.startswith("hydra"):
+            continue
+        if key.split("@")[0] in groups:
+            if override.is_sweep_override():
+                return None  # a sweep over a group: the keys may differ between its choices
+            choices.append(override.input_line)
+        else:
+            keys.append(key)
+    if not keys:
+        return None
+    searchpath = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).absolute()) for d in extra_dirs)}]"] if extra_dirs else []
+    try:
+        with initialize_config_dir(config_dir=str(root), version_base="1.3"):
+            cfg = compose("config", overrides=[*choices, *searchpath])
+    except Exception:  # noqa: BLE001
+        return None
+    for key in keys:
+        parent, _, last = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and hasattr(node, "keys") and last not in node:
+            return str(unknown_key_error(last, [str(k) for k in node.keys()], parent or "config"))
+    return None
+
+
 def entry() -> None:
     args = sys.argv[1:]
+    if "--help" not in args and "-h" not in args:
+        problem = unknown_override(args)
+        if problem is not None:
+            print(f"wsa_lab: error: {problem}; to add a new key on purpose, prefix it with + (+KEY=VALUE)", file=sys.stderr)
+            sys.exit(1)
     # `--cfg job|hydra|all` shows the config a run would use, so resolved (e.g. the PTM list actually used)
     if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in args) and not {"--resolve"} & set(args):
         sys.argv.append("--resolve")

@@ -323,15 +323,17 @@ def reference_check(arm: Arm, overrides: list[str], workdir: str, evaluations: i
 def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Forward + backward of a graph-PTM actor-critic on batches of graphs of mixed sizes (10..200 nodes, degree
     8): time per batch against its total node count (flat batches: the cost should grow linearly)."""
+    from hydra.utils import instantiate
+
     from wsa_lab.contract import GraphBatch, action_spec, observation_spec
     from wsa_lab.envs import coverage_spaces
-    from wsa_lab.models import build_actor_critic
 
     obs_space, act_space = coverage_spaces(200, 32)
-    ptms = [{"name": "graph_cnn", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
-    torch.manual_seed(0)
-    agent = build_actor_critic(observation_spec(obs_space), action_spec(act_space),
-                               wsa={"enabled": True, "pretrained_models": ptms}).to(device)
+    with tempfile.TemporaryDirectory() as workdir:  # the actor-critic as configured (conf/actor_critic), graph PTM only
+        cfg = compose(["ptm=[graph_cnn]"], workdir)
+        torch.manual_seed(0)
+        build = instantiate(cfg.actor_critic, _partial_=True, _convert_="all")
+        agent = build(observation_spec=observation_spec(obs_space), action_spec=action_spec(act_space)).to(device)
     rows = []
     for total in totals:
         gen = torch.Generator().manual_seed(total)

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from wsa_lab.conf_files import config_dir  # noqa: F401 - imported from here by callers
 from wsa_lab.errors import ConfigError
 from wsa_lab.guard import check_name, check_output_dir, check_secrets
 from wsa_lab.tracking.settings import logger_settings
@@ -24,15 +25,6 @@ ROOT_KEYS = (
     "name", "phase", "seed", "device", "deterministic", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
     "paths", "evaluation", "checkpoint", "resume",
 )
-
-
-def config_dir() -> Path:
-    """`conf/` shipped inside the wheel (wsa_lab/conf), else the repository's `conf/` (editable install)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise ConfigError(f"cannot find wsa_lab's conf/ folder next to {here}; reinstall with `pip install -e .`")
 
 
 def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> ListConfig:
@@ -59,10 +51,10 @@ register_resolvers()
 
 @dataclass
 class EvaluationConfig:
-    interval: int = 4  # evaluate every N PPO iterations (and after the last)
-    num_instances: int = 32  # held-out episodes, the same for every run (fixed seed)
-    seed: int = 12345  # seed of the held-out episode set (not the run's seed)
-    metric: Optional[str] = None  # headline metric; null = eval/<first reference>_ratio, or eval/return
+    interval: int  # evaluate every N PPO iterations (and after the last)
+    num_instances: int  # held-out episodes, the same for every run (fixed seed)
+    seed: int  # seed of the held-out episode set (not the run's seed)
+    metric: Optional[str]  # headline metric; null = eval/<first reference>_ratio, or eval/return
 
     def __post_init__(self) -> None:
         check_range("evaluation.interval", self.interval, ge=1)
@@ -72,7 +64,7 @@ class EvaluationConfig:
 
 @dataclass
 class CheckpointConfig:
-    interval: int = 4  # write checkpoints/last.pt every N PPO iterations (and after the last)
+    interval: int  # write checkpoints/last.pt every N PPO iterations (and after the last)
 
     def __post_init__(self) -> None:
         check_range("checkpoint.interval", self.interval, ge=1)
@@ -80,7 +72,7 @@ class CheckpointConfig:
 
 @dataclass
 class ConsoleConfig:
-    progress_bar: bool = True
+    progress_bar: bool
 
 
 def check_kwargs(target: Callable[..., Any], node: DictConfig, where: str, passed_in_code: tuple[str, ...] = ()) -> None:
@@ -145,6 +137,11 @@ def validate(cfg: DictConfig) -> RunSettings:
         # before anything is written: wandb itself retries ~100 s without network
         check_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     pool = cfg.get("ptm") or {}
+    for name, entry in pool.items():
+        if isinstance(entry, DictConfig) and "_target_" in entry:  # Hydra would call it while building actor_critic
+            raise ConfigError(
+                f"ptm.{name}: a PTM names its module with `target:` (and model_type: custom), not `_target_`"
+            )
     wsa = cfg.actor_critic.wsa
     if cfg.ptm_count is not None:
         if not isinstance(cfg.ptm_count, int) or not 1 <= cfg.ptm_count <= len(pool):

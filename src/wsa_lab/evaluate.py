@@ -59,14 +59,14 @@ MOVED_SETTINGS = {
 class EvaluateSettings:
     """`conf/evaluate.yaml` without the suite (each field is documented there)."""
 
-    num_instances: int = 32
-    episodes: int = 4
-    seed: int = 2027
-    env: dict = field(default_factory=dict)
-    device: str = "auto"
-    deterministic: bool = True
-    table: Optional[str] = None
-    bootstrap_reps: int = 2000
+    num_instances: int
+    episodes: int
+    seed: int
+    env: dict
+    device: str
+    deterministic: bool
+    table: Optional[str]
+    bootstrap_reps: int
 
 
 @dataclass

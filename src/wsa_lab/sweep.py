@@ -154,9 +154,9 @@ def _one_line(exc: BaseException | str) -> str:
     """`Type: first line of the message` (an exception), else the last line (a traceback's text)."""
     if isinstance(exc, BaseException):
         first = next((line for line in str(exc).splitlines() if line.strip()), "")
-        return f"{type(exc).__name__}: {first}"[:300]
+        return f"{type(exc).__name__}: {first}"  # whole: wsa_lab's messages are one line
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+    return lines[-1] if lines else ""
 
 
 def _submitit_log(sweep_dir: Path) -> str | None:
@@ -301,7 +301,7 @@ def record_lost_job(sweep_dir: str | Path, num: int, overrides: Sequence[str], e
         write_failure(sweep_dir / record["folder"], overrides, f"{text}\n\n(see {where})")
     state = re.search(r"\(state: ([^)]*)\)", text)  # submitit: "... has not produced any output (state: CANCELLED)"
     name = type(error).__name__ if isinstance(error, BaseException) else "error"
-    first = f"{name}: ended without a result (state: {state.group(1)})" if state else text.strip().split("\n")[0][:300]
+    first = f"{name}: ended without a result (state: {state.group(1)})" if state else text.strip().split("\n")[0]
     update_job(sweep_dir, num, overrides=list(filter_overrides(list(overrides))), state="failed", ended=_now(), error=first)
 
 

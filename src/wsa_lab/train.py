@@ -183,11 +183,10 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
     evaluator = Evaluator(eval_env, eval_cfg.seed, eval_cfg.metric)
     metric = evaluator.metric
     best_key = "best_" + metric.removeprefix("eval/")
-    wsa_logging = cfg.actor_critic.wsa.get("logging", {}) if agent.uses_wsa else {}
+    wsa_logging = cfg.actor_critic.wsa.logging  # checked by build_actor_critic
     ppo = PPO(
         agent, env, algo,
-        log_attention=wsa_logging.get("log_attention_weights", True),
-        log_features=wsa_logging.get("log_features", True),
+        log_attention=bool(wsa_logging.log_attention_weights), log_features=bool(wsa_logging.log_features),
         reset_seed=cfg.seed,
     )
     total, trainable = _count_params(agent)
@@ -218,7 +217,7 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
     if resumed is not None:
         history.update(resumed)
     summary["resumed_from_steps"] = history["resumed_from_steps"]
-    progress = cfg.logger.get("console", {}).get("progress_bar", True)
+    progress = "console" in cfg.logger and bool(cfg.logger.console.progress_bar)  # the console logger's bar
     start, resumed_time = time.time(), history["wall_time_s"]
 
     def checkpoint() -> None:

@@ -288,6 +288,13 @@ def _task_exit(job: Any) -> int | None | str:
     return codes[0] if codes else "unknown"
 
 
+def _remove_literal_job_folder(folder: str) -> None:
+    """submitit's local executor leaves an empty folder named like the template (`.submitit/%j`): remove it."""
+    literal = Path(str(folder))
+    if "%j" in literal.name and literal.is_dir() and not any(literal.iterdir()):
+        literal.rmdir()
+
+
 class LocalParallelLauncher(_WaitForAll):
     _EXECUTOR = "local"
 
@@ -327,6 +334,7 @@ class LocalParallelLauncher(_WaitForAll):
                     time.sleep(self.poll_s)
             if stop.requested:
                 self._stop(stop, sweep_dir, running, len(waiting), job_overrides, initial_job_idx)
+        _remove_literal_job_folder(self.params["submitit_folder"])
         return [returns[idx] for idx in sorted(returns)]
 
     def _collect(self, job: Any, sweep_dir: Path, num: int, overrides: Sequence[str]) -> JobReturn:

@@ -26,13 +26,13 @@ from wsa_lab.schema import check_range, structured
 class AttentionConfig:
     """`actor_critic.wsa.attention` (the `attention` config group; every key is documented in its YAML)."""
 
-    kind: str = "additive"
-    hidden_dim: int = 128
-    dropout: float = 0.1
-    temperature: float = 1.0
-    uniform_init: bool = False
-    uniform_warmup_steps: int = 0
-    lr_scale: float = 1.0
+    kind: str
+    hidden_dim: int
+    dropout: float
+    temperature: float
+    uniform_init: bool
+    uniform_warmup_steps: int
+    lr_scale: float
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden_dim, bool) or self.hidden_dim < 1:
@@ -47,27 +47,27 @@ class AttentionConfig:
 
 @dataclass
 class WSALoggingConfig:
-    log_attention_weights: bool = True
-    log_features: bool = True
+    log_attention_weights: bool
+    log_features: bool
 
 
 @dataclass
 class WSAConfig:
-    enabled: bool = True
-    fusion: str = "wsa"
-    adapter: str = "relu"
-    context: str = STATE_ENCODER
-    pretrained_models: list = field(default_factory=list)
-    attention: dict = field(default_factory=dict)
-    logging: dict = field(default_factory=dict)
+    enabled: bool
+    fusion: str
+    adapter: str
+    context: str
+    pretrained_models: list
+    attention: dict
+    logging: dict
 
 
 @dataclass
 class StandardConfig:
-    model_type: str = "resnet18"
-    weights: str = "imagenet"
-    freeze_backbone: bool = False
-    weights_path: Optional[str] = None
+    model_type: str
+    weights: str
+    freeze_backbone: bool
+    weights_path: Optional[str]
 
 
 class PolicyStep(NamedTuple):
@@ -93,10 +93,10 @@ class ActorCritic(nn.Module):
         self,
         actor: nn.Module,
         action_spec: ActionSpec,
-        head_hidden_dim: int = 64,
-        init_log_std: float = math.log(0.2),
-        frozen_feature_cache: bool = True,
-        gpu: Optional[GPUConfig] = None,
+        head_hidden_dim: int,
+        init_log_std: float,
+        frozen_feature_cache: bool,
+        gpu: GPUConfig,
         raster_size: Optional[int] = None,
         attention_lr_scale: float = 1.0,
         uniform_warmup_steps: int = 0,
@@ -110,7 +110,7 @@ class ActorCritic(nn.Module):
         )
         self.critic = mlp(actor.global_dim, head_hidden_dim, 1)
         self.frozen_feature_cache = frozen_feature_cache
-        self.gpu = gpu or GPUConfig()
+        self.gpu = gpu
         self.raster_size = raster_size  # set: image PTMs read node features rasterised to this side (no env image)
         # the design summary's attention knobs, applied by the trainer (param_groups, hold_uniform)
         self.attention_lr_scale = attention_lr_scale
@@ -230,22 +230,26 @@ class ActorCritic(nn.Module):
 def build_actor_critic(
     observation_spec: ObservationSpec,
     action_spec: ActionSpec,
-    hidden_dim: int = 64,
-    gnn_layers: int = 2,
-    context_dim: int = 64,
-    feature_dim: int = 128,
-    graph_cnn_hidden_dim: int = 64,
-    head_hidden_dim: int = 64,
-    init_log_std: float = math.log(0.2),
-    checkpoint_min_nodes: int = 500,
-    raster_size: int = 32,
-    weights_dir: Optional[str] = None,
-    frozen_feature_cache: bool = True,
-    gpu: Optional[dict[str, Any]] = None,
-    standard: Optional[dict[str, Any]] = None,
-    wsa: Optional[dict[str, Any]] = None,
+    *,
+    hidden_dim: int,
+    gnn_layers: int,
+    context_dim: int,
+    feature_dim: int,
+    graph_cnn_hidden_dim: int,
+    head_hidden_dim: int,
+    init_log_std: float,
+    checkpoint_min_nodes: int,
+    raster_size: int,
+    weights_dir: Optional[str],
+    frozen_feature_cache: bool,
+    gpu: dict[str, Any],
+    standard: dict[str, Any],
+    wsa: dict[str, Any],
 ) -> ActorCritic:
-    """Build the actor-critic from the `actor_critic` config, sized from the env's spaces; `wsa.enabled` picks the actor."""
+    """Build the actor-critic from the `actor_critic` config, sized from the env's spaces; `wsa.enabled` picks the actor.
+
+    Every argument is a key of `conf/actor_critic/default.yaml` (its defaults live there, documented).
+    """
     for key, value in (("hidden_dim", hidden_dim), ("gnn_layers", gnn_layers), ("context_dim", context_dim),
                        ("feature_dim", feature_dim), ("graph_cnn_hidden_dim", graph_cnn_hidden_dim),
                        ("head_hidden_dim", head_hidden_dim), ("raster_size", raster_size)):
@@ -311,7 +315,7 @@ def build_actor_critic(
             encoder, raster_size, feature_dim, std.model_type, std.weights, std.freeze_backbone,
             std.weights_path, weights_dir, checkpoint_min_nodes,
         )
-        attention = AttentionConfig()
+        return ActorCritic(actor, action_spec, head_hidden_dim, init_log_std, frozen_feature_cache, gpu_cfg, raster_size=None)
     return ActorCritic(
         actor, action_spec, head_hidden_dim, init_log_std, frozen_feature_cache, gpu_cfg,
         raster_size if rasterise else None, attention.lr_scale, attention.uniform_warmup_steps,

@@ -36,9 +36,9 @@ AMP_DTYPES = {"bf16": torch.bfloat16}
 class GPUConfig:
     """`actor_critic.gpu`; every field is ignored on the CPU."""
 
-    amp: Optional[str] = "bf16"  # bf16: autocast the actor's feature extraction; null: float32
-    channels_last: bool = True  # NHWC layout for the CNN bodies and their images
-    compile: bool = False  # torch.compile the CNN bodies
+    amp: Optional[str]  # bf16: autocast the actor's feature extraction; null: float32
+    channels_last: bool  # NHWC layout for the CNN bodies and their images
+    compile: bool  # torch.compile the CNN bodies
 
     def __post_init__(self) -> None:
         if self.amp is not None and self.amp not in AMP_DTYPES:

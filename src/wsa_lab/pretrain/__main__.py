@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from wsa_lab.config import config_dir
+from wsa_lab.conf_files import config_dir
 from wsa_lab.errors import WsaLabError
 from wsa_lab.pretrain.run import pretrain
 

@@ -11,37 +11,37 @@ from wsa_lab.schema import check_range
 
 @dataclass
 class PPOConfig:
-    total_timesteps: int = 12_288
+    total_timesteps: int
     """environment steps (all envs together) the run trains for"""
-    num_envs: int = 16
+    num_envs: int
     """environments stepped together (one vector env of the env contract)"""
-    num_steps: int = 32
+    num_steps: int
     """steps per environment in each rollout"""
-    learning_rate: float = 3e-4
+    learning_rate: float
     """Adam learning rate"""
-    anneal_lr: bool = True
+    anneal_lr: bool
     """linearly anneal the learning rate to 0 over the run"""
-    gamma: float = 0.99
+    gamma: float
     """discount factor"""
-    gae_lambda: float = 0.95
+    gae_lambda: float
     """lambda of generalized advantage estimation"""
-    num_minibatches: int = 4
+    num_minibatches: int
     """minibatches per epoch (minibatch size = num_envs * num_steps / num_minibatches)"""
-    update_epochs: int = 4
+    update_epochs: int
     """epochs over each rollout"""
-    norm_adv: bool = True
+    norm_adv: bool
     """normalise advantages per minibatch"""
-    clip_coef: float = 0.2
+    clip_coef: float
     """PPO clipping coefficient (policy ratio)"""
-    clip_vloss: bool = True
+    clip_vloss: bool
     """clip the value loss like the policy (CleanRL default)"""
-    ent_coef: float = 0.01
+    ent_coef: float
     """entropy bonus coefficient"""
-    vf_coef: float = 0.5
+    vf_coef: float
     """value loss coefficient"""
-    max_grad_norm: float = 0.5
+    max_grad_norm: float
     """global gradient-norm clip"""
-    target_kl: Optional[float] = None
+    target_kl: Optional[float]
     """stop the epochs early when approx. KL exceeds this (null: never)"""
 
     # derived sizes, computed in one place (CleanRL)

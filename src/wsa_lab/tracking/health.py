@@ -47,25 +47,25 @@ UNKNOWN = "unknown"  # fewer than `min_points` iterations seen
 
 @dataclass
 class HealthConfig:
-    window: int = 10
+    window: int
     """PPO iterations in the sliding window"""
-    min_points: int = 5
+    min_points: int
     """no verdict before this many iterations (state `unknown`)"""
-    collapse_threshold: float = 0.9
+    collapse_threshold: float
     """collapsed: one PTM's mean weight over the window is above this"""
-    static_tolerance: float = 0.002
+    static_tolerance: float
     """static: no PTM's weight moves by more than this over the window (max - min)"""
-    noise_threshold: float = 0.03
+    noise_threshold: float
     """noisy: a weight's jitter around its own smooth trend (std, see the module docstring) is above this"""
-    balanced_low: float = 0.6
+    balanced_low: float
     """balanced: every PTM's mean weight >= balanced_low / P (P=3: 20%)"""
-    balanced_high: float = 1.2
+    balanced_high: float
     """balanced: every PTM's mean weight <= balanced_high / P (P=3: 40%)"""
-    warn: bool = True
+    warn: bool
     """print one line when the state changes (warnings for collapsed, static, noisy)"""
-    similarity_threshold: float = 0.98
+    similarity_threshold: float
     """near-identical PTMs: the mean cosine similarity of two PTMs' adapted features is above this"""
-    norm_imbalance_threshold: float = 10.0
+    norm_imbalance_threshold: float
     """imbalanced feature norms: the largest PTM's mean feature norm is more than this times the smallest's"""
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from wsa_lab.conf_files import yaml_defaults
 from wsa_lab.errors import ConfigError
 from wsa_lab.guard import check_secrets
 from wsa_lab.schema import check_range, structured, unknown_key_error
@@ -24,21 +25,21 @@ WANDB_MODES = ("auto", "offline", "online", "disabled")
 
 @dataclass
 class WandbConfig:
-    mode: str = "auto"
+    mode: str
     """auto ($WANDB_MODE if set, else offline) | offline (no network, no account) | online | disabled"""
-    project: str = "wsa_lab"
+    project: str
     """W&B project"""
-    entity: Optional[str] = None
+    entity: Optional[str]
     """W&B team or user; null = the account's default entity"""
-    group: Optional[str] = None
+    group: Optional[str]
     """null = the sweep (sweep-<date>_<time>) in a multirun, else the phase (or the arm when no phase)"""
-    job_type: Optional[str] = None
+    job_type: Optional[str]
     """null = the ablation arm (`name`)"""
-    name: Optional[str] = None
+    name: Optional[str]
     """null = <arm>_seed<seed>"""
-    tags: list = field(default_factory=list)
+    tags: list
     """extra tags; the phase and the PTM names are always added"""
-    dir: Optional[str] = None
+    dir: Optional[str]
     """folder that receives wandb/; null = the run folder"""
 
     def __post_init__(self) -> None:
@@ -65,9 +66,9 @@ class WandbConfig:
 
 @dataclass
 class TensorBoardConfig:
-    log_dir: Optional[str] = None
+    log_dir: Optional[str]
     """folder of the event files; null = <run folder>/tensorboard"""
-    flush_secs: int = 30
+    flush_secs: int
     """seconds between flushes to disk (so `tensorboard --logdir` follows a running job)"""
 
     def __post_init__(self) -> None:
@@ -95,7 +96,10 @@ def logger_settings(cfg: DictConfig) -> LoggerSettings:
     for key in entries:
         if key not in known:
             raise unknown_key_error(key, list(known), "logger")
-    settings = LoggerSettings(health=structured(HealthConfig, entries.get("health"), "logger.health"))
+    # health applies to every WSA run: not in the logger list, its file's values (the one place they live) still
+    # do, and `+logger.health.<key>=...` changes one of them
+    health = {**yaml_defaults("logger/health.yaml", "health"), **(entries.get("health") or {})}
+    settings = LoggerSettings(health=structured(HealthConfig, health, "logger.health"))
     if "wandb" in entries:
         settings.wandb = structured(WandbConfig, entries["wandb"], "logger.wandb")
         settings.wandb.resolved_mode()  # a bad $WANDB_MODE fails here, at start-up

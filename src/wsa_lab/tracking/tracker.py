@@ -141,8 +141,8 @@ def build_tracker(cfg: DictConfig, run_dir: str | Path) -> Tracker:
     identity = run_identity(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    wsa_logging = (cfg.actor_critic.get("wsa") or {}).get("logging") or {}
-    log_attention = bool(wsa_logging.get("log_attention_weights", True)) and identity.wsa_enabled
+    wsa_logging = cfg.actor_critic.wsa.logging
+    log_attention = bool(wsa_logging.log_attention_weights) and identity.wsa_enabled
     names = unique_names(identity.ptm_names)
     learned = identity.fusion == "wsa"  # `mean` reports constant 1/P weights: nothing to judge
     health = AttentionHealth(settings.health, names) if log_attention and learned and len(names) >= 2 else None
@@ -161,7 +161,7 @@ def build_tracker(cfg: DictConfig, run_dir: str | Path) -> Tracker:
         for backend in backends:  # don't leave a half-built set of backends open
             backend.finish({"status": "failed"})
         raise
-    log_features = bool(wsa_logging.get("log_features", True)) and identity.wsa_enabled
+    log_features = bool(wsa_logging.log_features) and identity.wsa_enabled
     features = FeatureHealth(settings.health) if log_features and len(names) >= 2 else None
     tracker = Tracker(run_dir, backends, ptm_names=names, health=health, feature_health=features, log_attention=log_attention)
     if features is not None and (run_dir / "metrics.jsonl").is_file():  # a resumed run: what was already reported

@@ -84,6 +84,18 @@ class OfflineRun:
         """(global_step, value) of every history row that has `key`."""
         return [(row.get("global_step"), row[key]) for row in self.history if key in row]
 
+    def describe(self) -> str:
+        """A few lines: who the run is, how much history it holds, and its summary's scalars."""
+        keys = sorted({k for row in self.history for k in row if not k.startswith("_")})
+        scalars = {k: v for k, v in sorted(self.summary.items()) if isinstance(v, (int, float)) and not k.startswith("_")}
+        lines = [
+            f"run {self.run_id} in project {self.project}: group {self.group}, job_type {self.job_type}, name {self.name}",
+            f"tags: {', '.join(self.tags) or '-'}; exit code: {self.exit_code}; config keys: {len(self.config)}",
+            f"history: {len(self.history)} rows, {len(keys)} keys (print one with --series KEY)",
+            "summary: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items()),
+        ]
+        return "\n".join(lines)
+
 
 def read_offline_run(path: str | Path, wait_s: float = 0.0) -> OfflineRun:
     """Parse a `run-<id>.wandb` file (or an `offline-run-*` folder holding one).
@@ -128,3 +140,30 @@ def read_offline_run(path: str | Path, wait_s: float = 0.0) -> OfflineRun:
 def offline_run_files(run_dir: str | Path) -> list[Path]:
     """The `.wandb` files under a run folder's `wandb/` (one per start of the run), oldest first."""
     return sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m wsa_lab.tracking.wandb_records RUN [--series KEY]`: what an offline W&B run holds, before syncing."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m wsa_lab.tracking.wandb_records", description=main.__doc__)
+    parser.add_argument("run", help="a wsa_lab run folder, an offline-run-* folder or a run-*.wandb file")
+    parser.add_argument("--series", help="print this metric's (global_step, value) pairs instead of the summary")
+    args = parser.parse_args(argv)
+    path = Path(args.run)
+    files = offline_run_files(path) if (path / "wandb").is_dir() else [path]
+    if not files or not files[-1].exists():
+        print(f"wsa_lab: error: no offline W&B run under {path}", file=sys.stderr)
+        return 1
+    run = read_offline_run(files[-1])
+    if args.series:
+        for step, value in run.series(args.series):
+            print(step, value)
+    else:
+        print(run.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

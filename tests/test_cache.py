@@ -9,7 +9,7 @@ import torch
 from conftest import actor_critic_kwargs, coverage_specs, ppo_config
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.models import StateInputs, build_actor_critic, gpu
-from wsa_lab.rl import PPO, PPOConfig
+from wsa_lab.rl import PPO
 
 HYBRID = [  # phase3_hybrid: one frozen ImageNet ResNet18, a Graph-CNN and a trainable random ResNet18
     {"name": "resnet18_imagenet", "model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},

@@ -80,3 +80,26 @@ def test_missing_imagenet_weights_say_where_to_put_them(tmp_path: Path, fake_tor
 def test_unknown_ptm_name_is_hydras_clear_error(tmp_path: Path, fake_torch_home: Path):
     proc = wsa_lab(["ptm=[resnet18_imagnet]"], cwd=tmp_path, torch_home=fake_torch_home)
     assert_one_line_error(proc, "Could not load 'ptm/resnet18_imagnet'")
+
+
+def test_an_unknown_key_on_the_command_line_gets_a_did_you_mean(tmp_path: Path, fake_torch_home: Path):
+    proc = wsa_lab(["algo.learning_rte=0.1"], cwd=tmp_path, torch_home=fake_torch_home)
+    assert_one_line_error(proc, "unknown key 'learning_rte' (did you mean 'learning_rate'?)", "+KEY=VALUE")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_did_you_mean_check_knows_mandatory_and_group_keys():
+    from wsa_lab.__main__ import unknown_override
+
+    assert "did you mean 'num_nodes'" in unknown_override(["env.num_node=30"])
+    # a `???` key (gym's env.id) exists even though it has no value yet; a group choice changes the keys
+    assert unknown_override(["env=gym", "env.id=my_pkg/MyEnv-v0"]) is None
+    assert "did you mean 'id'" in unknown_override(["env=gym", "env.idd=my_pkg/MyEnv-v0"])
+    assert unknown_override(["+algo.learning_rte=0.1"]) is None  # `+` adds a key on purpose
+    assert unknown_override(["-m", "env=gym,coverage", "env.id=x"]) is None  # a group sweep: keys differ per job
+
+
+def test_the_progress_bar_shows_a_dash_before_the_first_evaluation():
+    from wsa_lab.train import _fmt
+
+    assert (_fmt(None), _fmt(float("nan")), _fmt(0.25)) == ("-", "-", "0.250")

@@ -9,7 +9,7 @@ from conftest import actor_critic_kwargs, coverage_specs, ppo_config
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError
 from wsa_lab.models import build_actor_critic
-from wsa_lab.rl import PPO, PPOConfig, compute_gae
+from wsa_lab.rl import PPO, compute_gae
 
 
 def test_gae_matches_hand_computation():

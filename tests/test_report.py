@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import subprocess_env
@@ -225,3 +226,28 @@ def test_report_on_a_real_two_arm_sweep(tmp_path: Path, fake_torch_home: Path):
     md = (sweep / "report" / "report.md").read_text()
     assert "learning_curves.png" in md and "attention.png" in md
     print(report.stdout)
+
+
+def test_gap_to_each_reference_by_hand_for_a_cost_env(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """Job-shop style (return = -makespan): the arm and each reference policy against each reference."""
+    root = tmp_path / "sweep"
+    for seed, (cpsat_ratio, rule_ratio) in enumerate([(0.90, 1.00), (0.80, 0.95), (0.85, 0.97)]):
+        run = make_run(root, f"{seed}_arm", "arm", seed, greedy=0.0)
+        summary = json.loads((run / "summary.json").read_text())
+        summary.update({"metric": "eval/cpsat_ratio", "eval/cpsat_ratio": cpsat_ratio, "eval/mwkr_ratio": rule_ratio})
+        (run / "summary.json").write_text(json.dumps(summary))
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        records[0] = {"global_step": 0, "reference/cpsat_return": -100.0, "reference/mwkr_return": -112.0}
+        for r in records[1:]:
+            r.update({"eval/cpsat_ratio": cpsat_ratio, "eval/mwkr_ratio": rule_ratio})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = build_report([root], boot=BootstrapSettings(reps=200))
+    gaps = report.gaps
+    assert gaps["arm"]["cpsat"].value == pytest.approx(0.15)  # IQM of 0.10, 0.20, 0.15 (3 runs: all in the middle)
+    assert gaps["arm"]["mwkr"].value == pytest.approx(np.mean([0.0, 0.05, 0.03]))
+    assert gaps["mwkr (reference)"]["cpsat"].value == pytest.approx(0.12)  # makespan 112 vs the optimum's 100
+    assert gaps["cpsat (reference)"]["cpsat"].value == 0 and gaps["cpsat (reference)"]["mwkr"].value == pytest.approx(1 - (2 - 100 / 112))
+    assert report_main([str(root), "--no-plots", "--reps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "gap to cpsat" in out and "mwkr (reference)" in out and "0.120" in out
+    assert "## Gap to each reference" in (root / "report" / "report.md").read_text()

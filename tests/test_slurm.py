@@ -58,14 +58,15 @@ def slurm() -> None:
 class Sweep:
     """A `python -m wsa_lab -m ...` running in the background, with its sweep folder."""
 
-    def __init__(self, args: list[str], tmp_path: Path, torch_home: Path) -> None:
+    def __init__(self, args: list[str], tmp_path: Path, torch_home: Path, env: dict[str, str] | None = None) -> None:
         self.dir = tmp_path / "sweep"
         self.log = tmp_path / "sweep.log"
         self.started = time.time()
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "wsa_lab", "-m", *args, f"hydra.sweep.dir={self.dir}"],
-                cwd=tmp_path, env=subprocess_env(torch_home), stdout=log, stderr=subprocess.STDOUT, text=True,
+                cwd=tmp_path, env={**subprocess_env(torch_home), **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                text=True,
             )
 
     def wait(self, timeout: float) -> int:
@@ -155,6 +156,24 @@ def test_three_job_sweep_finishes_with_every_output(slurm, tmp_path: Path, fake_
         assert job["log"] == f".submitit/{job['slurm_job_id']}/{job['slurm_job_id']}_0_log.err"
         assert (sweep.dir / job["log"]).is_file()
     assert "3 jobs: 3 done" in sweep.output()
+
+
+def test_a_users_env_sweeps_on_slurm(slurm, tmp_path: Path, fake_torch_home: Path):
+    """A user's own env (examples/graph_envs, on the jobs' PYTHONPATH as an installed package would be)."""
+    examples = Path(__file__).resolve().parents[1] / "examples" / "graph_envs"
+    not_coverage = [o for o in TINY if not o.startswith("env.")]
+    sweep = Sweep(
+        [*CPU_SLURM, "env=gym", "env.id=graph_envs:graph_envs/ValueGraph-v0", "+env.kwargs.continuous_dim=2",
+         "seed=0,1", *not_coverage],
+        tmp_path, fake_torch_home, env={"PYTHONPATH": os.pathsep.join([str(examples), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert sweep.wait(timeout=400) == 0, sweep.output()[-3000:]
+    jobs = json.loads((sweep.dir / "index.json").read_text())["jobs"]
+    assert [j["state"] for j in jobs] == ["done", "done"]
+    for job in jobs:
+        summary = json.loads((sweep.dir / job["folder"] / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["metric"] == "eval/optimal_ratio"
+        assert summary["env"] == "graph_envs:graph_envs/ValueGraph-v0" and "eval/optimal_ratio" in summary
 
 
 def test_cancelled_killed_and_raising_jobs_are_failed_and_the_launcher_returns(slurm, tmp_path: Path, fake_torch_home: Path):

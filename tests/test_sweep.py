@@ -84,6 +84,7 @@ def test_local_parallel_runs_every_job_at_most_max_parallel_at_once(tmp_path: Pa
     assert len({j["pid"] for j in jobs} | {os.getpid()}) == 4  # each job its own process
     assert jobs[2]["started"] >= min(jobs[0]["ended"], jobs[1]["ended"])  # the third waited for a free slot
     assert len(list((sweep_dir / ".submitit").glob("*/*_log.out"))) == 3
+    assert not [p for p in (sweep_dir / ".submitit").iterdir() if "%j" in p.name]  # no literal template folder
 
 
 def compose_hydra(overrides: list[str]):

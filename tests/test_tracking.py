@@ -49,7 +49,7 @@ def read_back(path: Path):
 
 # ------------------------------------------------------------------------------------------ a real training
 @pytest.mark.slow
-def test_tiny_training_logs_to_offline_wandb_and_tensorboard(tmp_path: Path):
+def test_tiny_training_logs_to_offline_wandb_and_tensorboard(tmp_path: Path, capsys: pytest.CaptureFixture):
     out = tmp_path / "run"
     summary = train(compose_config(
         [*MICRO, "ptm=[graph_cnn,resnet18_random]", "name=my_arm", "phase=phase3", "seed=3", ALL_LOGGERS], out,
@@ -82,6 +82,18 @@ def test_tiny_training_logs_to_offline_wandb_and_tensorboard(tmp_path: Path):
     assert wb.summary["eval/greedy_ratio"] == pytest.approx(summary["eval/greedy_ratio"])
     metric_defs = [r.metric for r in read_records(only_wandb_file(out)) if r.WhichOneof("record_type") == "metric"]
     assert any(m.glob_name == "*" and m.step_metric == "global_step" for m in metric_defs)
+
+    # --- the documented one-liner: the summary, or one series, not the whole record dump
+    from wsa_lab.tracking.wandb_records import main as wandb_records
+
+    assert wandb_records([str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "my_arm_seed3" in shown and "eval/greedy_ratio" in shown and len(shown) < 20_000
+    assert wandb_records([str(out), "--series", "eval/greedy_ratio"]) == 0
+    lines = capsys.readouterr().out.split()
+    assert lines[0::2] == ["8", "16"] and float(lines[1]) == pytest.approx(local[8]["eval/greedy_ratio"])
+    assert wandb_records([str(tmp_path / "nowhere")]) == 1
+    assert "no offline W&B run under" in capsys.readouterr().err
 
     # --- TensorBoard, read with tensorboard's own event reader
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

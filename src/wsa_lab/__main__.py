@@ -32,7 +32,7 @@ from omegaconf import DictConfig  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from wsa_lab.conf_files import config_dir  # noqa: E402
-from wsa_lab.errors import WsaLabError  # noqa: E402
+from wsa_lab.errors import WsaLabError, exit_with_one_line  # noqa: E402
 from wsa_lab.sweep import finish_sweep  # noqa: E402
 from wsa_lab.train import train  # noqa: E402
 
@@ -48,8 +48,7 @@ def main(cfg: DictConfig) -> float:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # in a sweep, let the launcher record this job as failed and go on with the others
         _remove_unstarted_run()
-        print(f"wsa_lab: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        exit_with_one_line("wsa_lab", exc)
     metric = summary["metric"]  # evaluation.metric: eval/greedy_ratio on the coverage env
     log.info("done: %s=%.3f in %s", metric, summary[metric], HydraConfig.get().runtime.output_dir)
     return summary[metric]  # the objective a Hydra sweeper would optimise
@@ -117,7 +116,8 @@ def unknown_override(args: list[str]) -> str | None:
     for key in keys:
         parent, _, last = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if node is not None and hasattr(node, "keys") and last not in node:
+        # `in` is False for a key whose value is `???` (mandatory): compare with the key names instead
+        if node is not None and hasattr(node, "keys") and last not in [str(k) for k in node.keys()]:
             return str(unknown_key_error(last, [str(k) for k in node.keys()], parent or "config"))
     return None
 

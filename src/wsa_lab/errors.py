@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints these as one line (no traceback unless HYDRA_FULL_ERROR=1)."""
 
+import sys
+from typing import NoReturn
+
 
 class WsaLabError(Exception):
     """An error caused by the user's input or machine, with a message that says how to fix it."""
@@ -53,3 +56,9 @@ class OutputFolderError(WsaLabError, OSError):
 
     def __reduce__(self):
         return (type(self), (self.message, self.errno, self.filename))
+
+
+def exit_with_one_line(program: str, exc: BaseException) -> NoReturn:
+    """The CLIs' way out for a `WsaLabError` (or a config error): `<program>: error: <message>`, exit code 1."""
+    print(f"{program}: error: {exc}", file=sys.stderr)
+    sys.exit(1)

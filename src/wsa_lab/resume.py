@@ -146,27 +146,17 @@ def _announce_here() -> bool:
     return not job.get("multirun") or "SUBMITIT_FOLDER" in os.environ
 
 
-class StopSignals:
-    """Context manager: SIGINT / SIGTERM / SIGUSR1 / SIGUSR2 set `requested` instead of ending the process.
+class CaughtSignals:
+    """Context manager: while inside, `SIGNALS` call `_handle` instead of ending the process; the handlers that
+    were installed before come back on exit. Handlers are only installed in the main thread (Python's rule);
+    elsewhere this does nothing. Subclasses say which signals and what `_handle` does."""
 
-    The training loop checks `requested` between iterations, writes a checkpoint and calls `stop()`.
-    A SIGINT that comes while a stop is already requested (a second Ctrl-C, or Ctrl-C after SIGTERM) stops
-    at once instead: `Interrupted` is raised from wherever the loop is, without a new checkpoint (the
-    checkpoint writer and the metrics writer leave complete files either way). Handlers are only installed
-    in the main thread (Python's rule); elsewhere this does nothing.
+    SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
 
-    `run_dir` (default: the Hydra job's output folder) goes into the line printed on stderr when the run stops.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, *REQUEUE_SIGNALS)
-
-    def __init__(self, run_dir: str | Path | None = None) -> None:
-        self.received: list[int] = []
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.stopped_at_once = False
+    def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -176,6 +166,29 @@ class StopSignals:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        raise NotImplementedError
+
+
+class StopSignals(CaughtSignals):
+    """Context manager: SIGINT / SIGTERM / SIGUSR1 / SIGUSR2 set `requested` instead of ending the process.
+
+    The training loop checks `requested` between iterations, writes a checkpoint and calls `stop()`.
+    A SIGINT that comes while a stop is already requested (a second Ctrl-C, or Ctrl-C after SIGTERM) stops
+    at once instead: `Interrupted` is raised from wherever the loop is, without a new checkpoint (the
+    checkpoint writer and the metrics writer leave complete files either way).
+
+    `run_dir` (default: the Hydra job's output folder) goes into the line printed on stderr when the run stops.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, *REQUEUE_SIGNALS)
+
+    def __init__(self, run_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.received: list[int] = []
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.stopped_at_once = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.stopped_at_once:

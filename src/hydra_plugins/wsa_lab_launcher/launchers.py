@@ -28,7 +28,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -41,6 +40,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmitit
 from omegaconf import OmegaConf
 
 from wsa_lab import sweep
+from wsa_lab.resume import CaughtSignals
 from wsa_lab.runlock import describe, holder_of
 
 log = logging.getLogger(__name__)
@@ -68,27 +68,14 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-class _StopRequest:
+class _StopRequest(CaughtSignals):
     """SIGINT / SIGTERM in the submitting process, counted instead of ending it (main thread only)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self, what: str) -> None:
+        super().__init__()
         self.what = what
         self.signals: list[int] = []
-        self._previous: dict[int, Any] = {}
         self.raise_on_first = False
-
-    def __enter__(self) -> "_StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signals.append(signum)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab.conf_files import config_dir
-from wsa_lab.errors import WsaLabError
+from wsa_lab.errors import WsaLabError, exit_with_one_line
 from wsa_lab.pretrain.run import pretrain
 
 log = logging.getLogger("wsa_lab")
@@ -24,8 +23,7 @@ def main(cfg: DictConfig) -> float:
     except (WsaLabError, OmegaConfBaseException) as exc:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"wsa_lab.pretrain: error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        exit_with_one_line("wsa_lab.pretrain", exc)
     log.info("pre-trained %s: final loss %.4f -> %s", record["name"], record["epoch_losses"][-1], record["weights_path"])
     return record["epoch_losses"][-1]
 

@@ -22,6 +22,7 @@ from wsa_lab import stats
 from wsa_lab.files import write_text_atomic
 from wsa_lab.report.analysis import (
     ArmStats, BootstrapSettings, Curve, arm_stats, attention_curves, choose_baseline, final_metrics, learning_curve,
+    reference_gaps,
 )
 from wsa_lab.report.runs import Run, headline_metric, load_runs, require_metrics
 
@@ -39,6 +40,7 @@ class Report:
     curves: dict[str, dict[str, Optional[Curve]]] = field(default_factory=dict)
     attention: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    gaps: dict[str, dict[str, stats.Estimate]] = field(default_factory=dict)  # policy -> reference -> gap
     figures: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -71,7 +73,7 @@ def build_report(
     base = choose_baseline(included_arms, baseline)
     arms = arm_stats(runs, base, metric, boot)
     statistic = {"iqm": stats.iqm, "mean": stats.mean}[curve_statistic]
-    report = Report(runs, arms, base, metric, curve_statistic, boot, notes=notes)
+    report = Report(runs, arms, base, metric, curve_statistic, boot, notes=notes, gaps=reference_gaps(runs, boot))
     for arm in arms:
         members = [r for r in runs if r.included and r.arm == arm]
         report.curves[arm] = {m: learning_curve(members, m, statistic, boot) for m in report.final_metrics}
@@ -114,6 +116,18 @@ def arm_table(report: Report) -> list[list[str]]:
         cells.append(fmt(float(sum(a.wall_time_s) / len(a.wall_time_s)), 1) if a.wall_time_s else "-")
         cells.append(fmt(float(sum(a.sps) / len(a.sps)), 1) if a.sps else "-")
         rows.append(cells)
+    return rows
+
+
+def gap_table(report: Report) -> list[list[str]]:
+    """Each arm and each reference policy against each reference: gap = 1 - ratio (e.g. job shop's makespan
+    gap); empty when the env has no references."""
+    refs = list(dict.fromkeys(ref for row in report.gaps.values() for ref in row))
+    if not refs:
+        return []
+    rows = [["policy", *(f"gap to {ref} (IQM [95% CI])" for ref in refs)]]
+    for policy, row in report.gaps.items():
+        rows.append([policy, *(fmt_estimate(row.get(ref)) for ref in refs)])
     return rows
 
 
@@ -181,6 +195,15 @@ def render_markdown(report: Report, out_dir: Path, sources: list[str]) -> str:
     for note in report.notes:
         lines += [f"> Note: {note}", ""]
     lines += ["## Arms", "", markdown_table(arm_table(report)), ""]
+    if gaps := gap_table(report):
+        lines += [
+            "## Gap to each reference", "",
+            "gap = 1 - `eval/<reference>_ratio` = (reference return - return) / |reference return|: 0 = as good as "
+            "the reference, 0.05 = 5% short of it (for a cost such as job shop's makespan: 5% longer), negative = "
+            "better. Arms: final evaluation, IQM over seeds; reference policies: on the same held-out episodes "
+            "(`reference/<name>_return` at step 0).", "",
+            markdown_table(gaps), "",
+        ]
     titles = {
         "learning_curves": "## Learning curves",
         "attention": "## Attention weight evolution",
@@ -224,6 +247,7 @@ def report_json(report: Report) -> dict[str, Any]:
             for r in report.runs
         ],
         "notes": report.notes,
+        "gaps": {p: {ref: _estimate_json(e) for ref, e in row.items()} for p, row in report.gaps.items()},
     }
 
 

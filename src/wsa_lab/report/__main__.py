@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wsa_lab.report import arm_table, build_report, text_table, write_report
+from wsa_lab.report import arm_table, build_report, gap_table, text_table, write_report
 from wsa_lab.report.analysis import BootstrapSettings
 
 
@@ -58,6 +58,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             plots = False
     md = write_report(report, out, [str(p) for p in args.paths], plots=plots)
     print(text_table(arm_table(report)))
+    if gaps := gap_table(report):
+        print("\ngap to each reference (1 - ratio; job shop: the makespan gap)")
+        print(text_table(gaps))
     for run in report.excluded:
         print(f"left out: {run.path} ({run.problem})")
     for note in report.notes:

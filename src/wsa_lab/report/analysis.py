@@ -108,6 +108,52 @@ def arm_stats(
     return out
 
 
+# ---------------------------------------------------------------------------------------------- references
+def reference_names(runs: list[Run]) -> list[str]:
+    """The env's reference policies, as the runs logged them (`eval/<name>_ratio` in summary.json), in order."""
+    names: dict[str, None] = {}
+    for run in runs:
+        for key in run.summary:
+            if key.startswith("eval/") and key.endswith("_ratio"):
+                names[key[len("eval/"):-len("_ratio")]] = None
+    return list(names)
+
+
+def reference_gaps(runs: list[Run], boot: BootstrapSettings) -> dict[str, dict[str, stats.Estimate]]:
+    """{policy: {reference: gap}}: how far each arm (final evaluation, IQM over seeds with its CI) and each
+    reference policy falls short of each reference, as a fraction of the reference's return.
+
+    gap = 1 - ratio = (reference - agent) / |reference| (`contract.ratio_to_reference`), whatever the sign of
+    the returns: for job shop (return = -makespan) it is the makespan gap, agent makespan / reference - 1.
+    A reference's own row comes from the returns the runs logged at step 0 (`reference/<name>_return`, the
+    same held-out episodes), averaged over the runs; 0 against itself.
+    """
+    from wsa_lab.contract import ratio_to_reference
+
+    included = [r for r in runs if r.included]
+    names = reference_names(included)
+    out: dict[str, dict[str, stats.Estimate]] = {}
+    for arm in dict.fromkeys(r.arm for r in included):
+        members = [r for r in included if r.arm == arm]
+        out[arm] = {}
+        for ref in names:
+            ratios = [float(r.summary[f"eval/{ref}_ratio"]) for r in members if f"eval/{ref}_ratio" in r.summary]
+            if ratios:
+                out[arm][ref] = stats.bootstrap_ci(1.0 - np.array(ratios), stats.iqm, boot.reps, boot.confidence, boot.seed)
+    logged = [(r.metrics[0] if r.metrics else {}) for r in included]
+    for policy in names:
+        row: dict[str, stats.Estimate] = {}
+        for ref in names:
+            gaps = [1.0 - ratio_to_reference(float(m[f"reference/{policy}_return"]), float(m[f"reference/{ref}_return"]))
+                    for m in logged if f"reference/{policy}_return" in m and f"reference/{ref}_return" in m]
+            if gaps:
+                value = float(np.mean(gaps))
+                row[ref] = stats.Estimate(value, float("nan"), float("nan"))
+        if row:
+            out[f"{policy} (reference)"] = row
+    return out
+
+
 def choose_baseline(arms: list[str], requested: Optional[str]) -> Optional[str]:
     """The requested arm, else the first arm whose name contains 'baseline', else the first arm."""
     if requested is not None:

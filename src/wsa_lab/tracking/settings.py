@@ -8,7 +8,7 @@ runs; W&B and TensorBoard only run when listed).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 

@@ -210,6 +210,33 @@ def test_atomic_writer_on_a_full_or_read_only_disk(code: int, where: str, fragme
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "summary.json"]  # no temp file
 
 
+def test_a_checkpoint_on_a_full_disk_is_one_line_also_through_torchs_zip_writer(tmp_path: Path, monkeypatch):
+    """torch.save on a full disk: its zip writer hits ENOSPC, then fails closing the file with a RuntimeError
+    (`[enforce fail at inline_container.cc:672] . unexpected pos`, seen on a 3 MB tmpfs): still one line, and
+    the checkpoint already there stays loadable."""
+    import torch
+
+    from wsa_lab.checkpoint import save_rotating
+
+    folder = tmp_path / "checkpoints"
+    save_rotating({"global_step": 8}, folder)
+    real_save = torch.save
+
+    def full_disk(state, f):
+        real_save({"partial": True}, f)
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2976832 vs 2976720")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OutputFolderError) as failed:
+        save_rotating({"global_step": 16}, folder)
+    assert "no space left on device (ENOSPC)" in str(failed.value) and "\n" not in str(failed.value)
+    assert load_checkpoint(folder / "last.pt")["global_step"] == 8
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]  # no temp file left
+
+
 def test_metrics_writer_on_a_full_disk_leaves_complete_lines(tmp_path: Path, monkeypatch):
     writer = MetricsWriter(tmp_path)
     writer.log({"a": 1.0}, 0)

@@ -40,10 +40,23 @@ def _write_temp(state: dict[str, Any], folder: Path, name: str) -> Path:
             os.fsync(f.fileno())
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and (error := output_error(folder / name, exc)) is not None:
+        cause = _os_error_in(exc)
+        if cause is not None and (error := output_error(folder / name, cause)) is not None:
             raise error from exc  # disk full, read-only: one line; the previous checkpoint is intact
         raise
     return Path(tmp)
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`: itself, or one it was raised while handling. torch.save's zip writer turns a
+    full disk (ENOSPC) into `RuntimeError: [enforce fail ...] unexpected pos` when it closes the file."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -126,8 +126,9 @@ def gap_table(report: Report) -> list[list[str]]:
     if not refs:
         return []
     rows = [["policy", *(f"gap to {ref} (IQM [95% CI])" for ref in refs)]]
-    for policy, row in report.gaps.items():
-        rows.append([policy, *(fmt_estimate(row.get(ref)) for ref in refs)])
+    order = [a for a in report.arms if a in report.gaps] + [p for p in report.gaps if p not in report.arms]
+    for policy in order:  # the arms in the arm table's order, then the reference policies
+        rows.append([policy, *(fmt_estimate(report.gaps[policy].get(ref)) for ref in refs)])
     return rows
 
 

@@ -588,3 +588,27 @@ def test_a_sigkilled_local_parallel_job_is_reported_as_killed_by_sigkill(tmp_pat
     assert f"wsa_lab: failed job #0 (algo.total_timesteps={2000 * BATCH}): killed by signal 9 (SIGKILL)" in err
     assert "killed by signal 9 (SIGKILL)" in (sweep_dir / jobs[0]["folder"] / "FAILED").read_text()
     assert load_checkpoint(sweep_dir / jobs[0]["folder"] / "checkpoints/last.pt")["global_step"] >= BATCH
+
+
+def test_resuming_with_another_torch_thread_count_warns_and_the_summary_records_it(tmp_path: Path, monkeypatch, caplog):
+    """CPU sums are split by thread, so a resume with another count differs in the last digits: said, not silent."""
+    import torch
+
+    out = tmp_path / "run"
+    overrides = [*[o for o in TINY if not o.startswith(("algo.total_timesteps", "checkpoint.interval"))],
+                 "algo.total_timesteps=96", "checkpoint.interval=1", "ptm=[graph_cnn]"]
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as m:
+            crash_after_logging(m, at_step=64)
+            with pytest.raises(RuntimeError, match="simulated crash"):
+                train(compose_config(overrides, out))
+        assert load_checkpoint(out / "checkpoints" / "last.pt")["torch_threads"] == threads
+        torch.set_num_threads(threads + 1)
+        with caplog.at_level(logging.WARNING):
+            summary = train(compose_config(overrides, out))
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["status"] == "completed" and summary["torch_threads"] == threads + 1
+    assert f"checkpointed with {threads} torch threads and resumes with {threads + 1}" in caplog.text
+    assert f"OMP_NUM_THREADS={threads}" in caplog.text

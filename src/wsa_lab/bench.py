@@ -370,14 +370,16 @@ def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: 
 def weights_dir_for(mode: str, workdir: str) -> tuple[str | None, str]:
     """(paths.weights_dir override or None, note). `synthetic`: same-shaped random state dicts in `workdir`."""
     from wsa_lab.errors import WeightsNotFoundError
-    from wsa_lab.models.weights import RESNETS, resolve_weights_file, weights_file_name
+    from wsa_lab.models.weights import RESNETS, check_weights_file, resolve_weights_file, weights_file_name
 
     needed = ("resnet18", "resnet34")  # the ImageNet PTMs of the benchmarked arms
     if mode in ("auto", "real"):
         try:
-            for model_type in needed:
-                resolve_weights_file(model_type)
-            return None, "real ImageNet weights (torch hub cache)"
+            files = [resolve_weights_file(model_type) for model_type in needed]
+            if all(check_weights_file(f).state == "ok" for f in files):
+                return None, "real ImageNet weights (torch hub cache)"
+            # found, but not the files their names promise (stand-ins under the opt-out): say so
+            return None, "stand-in ImageNet files (torch hub cache; their SHA-256 does not match torchvision's)"
         except WeightsNotFoundError:
             if mode == "real":
                 raise

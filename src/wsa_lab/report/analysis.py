@@ -128,7 +128,7 @@ def reference_gaps(runs: list[Run], boot: BootstrapSettings) -> dict[str, dict[s
     A reference's own row comes from the returns the runs logged at step 0 (`reference/<name>_return`, the
     same held-out episodes), averaged over the runs; 0 against itself.
     """
-    from wsa_lab.contract import ratio_to_reference
+    from wsa_lab.contract import ratio_to_reference  # here: the contract imports torch, the rest of the report does not
 
     included = [r for r in runs if r.included]
     names = reference_names(included)

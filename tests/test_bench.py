@@ -75,7 +75,8 @@ def test_quick_bench_in_process(tmp_path: Path):
     assert all(r["cost_vs_batched"] > 0 for r in report["gym"][2:])
     assert [r["total_nodes"] for r in report["mixed_sizes"]] == list(bench.QUICK_MIXED_TOTAL_NODES)
     assert all(r["us_per_node"] > 0 and r["max_nodes"] > r["min_nodes"] for r in report["mixed_sizes"])
-    assert "synthetic weights" in report["weights"] or "real" in report["weights"]
+    # the test's torch hub cache holds stand-ins under torchvision's names: found, and labelled as stand-ins
+    assert report["weights"].startswith("stand-in ImageNet files")
 
 
 @pytest.mark.slow
@@ -88,7 +89,7 @@ def test_bench_cli_every_section(tmp_path: Path, fake_torch_home: Path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert "real ImageNet weights" in report["weights"]  # the fake cache is found like real files
+    assert report["weights"].startswith("stand-in ImageNet files")  # found like real files, but not called real
     for section in ("arms", "gym", "mixed_sizes", "sweep_nodes", "sweep_ptms", "checkpointing", "references"):
         assert section in report, section
     assert [r["num_nodes"] for r in report["sweep_nodes"]] == [20, 20, 40, 40]

@@ -221,6 +221,20 @@ def test_a_users_env_trains_with_its_references_as_the_headline(tmp_path: Path):
     assert read_metrics(tmp_path / "run")[0]["reference/random_optimal_ratio"] < 1
 
 
+def test_a_users_env_with_mixed_graph_sizes_gives_the_same_numbers_for_the_same_seed(tmp_path: Path):
+    """ValueGraph's graphs have 6-12 nodes and shrink: every batch mixes sizes (no segment op may race)."""
+    # 4 iterations of 128 env steps: minibatches large enough for PyTorch's CPU kernels to split them over threads
+    mixed = [*GYM_TINY, "ptm=[graph_cnn,resnet18_random]", "+env.kwargs.continuous_dim=1", "algo.total_timesteps=512",
+             "algo.num_envs=8", "algo.num_steps=16"]
+    for name in ("a", "b"):
+        train(compose_config(mixed, tmp_path / name))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "charts/SPS"} for r in rows]  # noqa: E731
+    first, second = strip(read_metrics(tmp_path / "a")), strip(read_metrics(tmp_path / "b"))
+    assert len(first) >= 3 and first == second
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["agent"] for name in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_an_env_without_references_is_judged_by_its_return(tmp_path: Path):
     plain = [*GYM_TINY, "env.id=plain/Value-v0", "env.entry_point=faulty_envs:PlainValueGraph"]
     summary = train(compose_config(plain, tmp_path / "run"))

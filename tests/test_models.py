@@ -24,6 +24,7 @@ from wsa_lab.models import (
     build_actor_critic,
     rasterise_nodes,
 )
+from wsa_lab.models.heads import gather_rows
 from wsa_lab.models.weights import load_resnet, weights_file_name
 
 SEED_PTMS = [  # the WSA design summary's recommended configuration, written as in its YAML
@@ -180,6 +181,40 @@ def test_sampled_nodes_follow_the_per_graph_softmax():
         for _ in range(4000):
             counts[head(emb, glob, mask, batch, ptr).action.node[0]] += 1
     torch.testing.assert_close(counts / 4000, probs, atol=0.03, rtol=0)
+
+
+def test_gather_rows_is_indexing_with_a_deterministic_backward_for_mixed_graph_sizes():
+    """Each node's row of a per-graph tensor. `src[batch]` has the same values, but its CPU backward adds with
+    atomics across threads (PyTorch lists it as nondeterministic): with mixed graph sizes the threads' split falls
+    inside a graph and runs of the same seed differed in the last digits. `gather_rows` sums in index order."""
+    torch.manual_seed(0)
+    counts = torch.randint(1, 13, (300,))
+    batch = torch.repeat_interleave(torch.arange(300), counts)
+    src = torch.randn(300, 48, requires_grad=True)
+    grad = torch.randn(batch.numel(), 64)[:, 16:]  # strided, like the gradient of a torch.cat slice
+    out = gather_rows(src, batch)
+    assert torch.equal(out, src.detach()[batch])
+    expected = torch.zeros(300, 48, dtype=torch.float64).index_add_(0, batch, grad.double())  # sums per graph
+    previous = num_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        grads = []
+        for _ in range(5):
+            src.grad = None
+            gather_rows(src, batch).backward(grad)
+            grads.append(src.grad.clone())
+    finally:
+        torch.set_num_threads(previous)
+    assert all(torch.equal(g, grads[0]) for g in grads), f"backward differs between calls ({num_threads} threads)"
+    torch.testing.assert_close(grads[0].double(), expected, rtol=1e-6, atol=1e-5)
+    # and uniform sizes (the coverage env): bit for bit what indexing gives
+    uniform = torch.arange(16).repeat_interleave(50)
+    a, b = torch.randn(16, 8, requires_grad=True), torch.randn(800, 8)
+    a[uniform].backward(b)
+    by_indexing = a.grad.clone()
+    a.grad = None
+    gather_rows(a, uniform).backward(b)
+    assert torch.equal(a.grad, by_indexing)
 
 
 def test_imagenet_weights_load_from_the_hub_cache(fake_torch_home: Path):

@@ -20,6 +20,7 @@ from torch_geometric.nn import global_mean_pool
 from torch_geometric.nn.models import DeepGraphInfomax
 
 from wsa_lab.errors import ConfigError
+from wsa_lab.models.heads import gather_rows
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper
 
@@ -117,4 +118,4 @@ class _Encoder(nn.Module):
 
 def _summary(z: Tensor, x: Tensor, inputs: StateInputs) -> Tensor:
     """Each node's graph summary: the sigmoid of its graph's mean node embedding (DGI's readout)."""
-    return torch.sigmoid(global_mean_pool(z, inputs.batch, inputs.num_graphs))[inputs.batch]
+    return gather_rows(torch.sigmoid(global_mean_pool(z, inputs.batch, inputs.num_graphs)), inputs.batch)

@@ -35,9 +35,11 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 class _GatherRows(torch.autograd.Function):
     """``src.index_select(0, index)`` whose backward makes the incoming gradient contiguous before `index_add_`.
 
-    The same values and gradients, bit for bit, as ``src[index]``, but on the CPU that indexing's backward (a
-    sort + accumulating `index_put_`) costs ~5 ms per minibatch at the default batch, and `index_add_` on a
-    strided gradient (a slice of `torch.cat`'s) ~2 ms; contiguous, well under 1 ms.
+    The values of ``src[index]``. Its gradient is summed in index order, the same on every run; indexing's CPU
+    backward instead adds with atomics across threads (nondeterministic when one output row is split between
+    threads: graphs of mixed sizes) and costs ~5 ms per minibatch at the default batch; `index_add_` on a strided
+    gradient (a slice of `torch.cat`'s) ~2 ms; contiguous, well under 1 ms. For graphs of one size the gradient is
+    bit for bit what indexing gives. On CUDA, `index_add_` is deterministic under `deterministic: true`.
     """
 
     @staticmethod

@@ -6,6 +6,14 @@ Each round runs `python -m wsa_lab.bench --only arms --repeats 1` once for each 
 checked out in a temporary git worktree and imported through PYTHONPATH, with this venv's packages), the
 order of the two trees alternating from round to round so that load drifts hit both alike. Per arm it reports
 the median over rounds of the seconds per PPO iteration and the ratio head / base.
+
+    python benchmarks/compare_commits.py --base acf3ce8 --paired 8 --out benchmarks/cpu_vs_acf3ce8_paired.json
+
+`--paired N` instead keeps one process per tree alive per arm (`benchmarks/paired_worker.py`; each builds the
+arm and runs one warm-up iteration) and alternates single iterations between them, N per tree, in the order
+base-head-head-base...: each head iteration is timed next to a base one, so load drifts slower than an
+iteration cancel in the per-pair ratio. Only one of the two processes computes at a time. Per arm it reports
+the median of the pairs' ratios with a bootstrap 95% interval, and the medians of each tree's times.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -32,11 +41,68 @@ def bench_once(src: Path, out: Path, extra: list[str]) -> dict[str, float]:
     return {row["arm"]: row["iteration_s"] for row in json.loads(out.read_text())["arms"]}
 
 
+class Worker:
+    """A `paired_worker.py` process with one tree's `wsa_lab` on its path."""
+
+    def __init__(self, src: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "paired_worker.py")],
+                                     env={**os.environ, "PYTHONPATH": str(src)}, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def ask(self, request: dict) -> dict[str, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT "):])
+        raise SystemExit(f"paired worker exited with {self.proc.wait()} (its error is printed above)")
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def iteration_s(sample: dict[str, float]) -> float:
+    return sample["rollout_s"] + sample["update_s"]
+
+
+def paired_arm(arm: str, trees: dict[str, Path], pairs: int, overrides: list[str]) -> dict:
+    """`pairs` iterations per tree of one arm, alternating base-head-head-base...; ratios of adjacent pairs."""
+    workers = {label: Worker(src) for label, src in trees.items()}
+    try:
+        for worker in workers.values():  # build + one warm-up iteration each, not timed
+            worker.ask({"arm": arm, "overrides": overrides})
+        times: dict[str, list[float]] = {"base": [], "head": []}
+        phases: dict[str, list[dict[str, float]]] = {"base": [], "head": []}
+        for i in range(pairs):
+            for label in (["base", "head"] if i % 2 == 0 else ["head", "base"]):
+                phases[label].append(workers[label].ask({"iterate": True}))
+                times[label].append(iteration_s(phases[label][-1]))
+            print(f"{arm} pair {i + 1}/{pairs}: base {times['base'][-1]:.2f}s head {times['head'][-1]:.2f}s",
+                  file=sys.stderr, flush=True)
+    finally:
+        for worker in workers.values():
+            worker.close()
+    ratios = [h / b for h, b in zip(times["head"], times["base"])]
+    rng = random.Random(0)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    return {"arm": arm, "base_s": statistics.median(times["base"]), "head_s": statistics.median(times["head"]),
+            "ratio": statistics.median(ratios), "ratio_ci95": [boot[49], boot[1949]],
+            "base_all": times["base"], "head_all": times["head"], "pair_ratios": ratios,
+            "phases": {label: {key: statistics.median(p[key] for p in phases[label]) for key in ("rollout_s", "update_s")}
+                       for label in phases}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit to compare against (e.g. the previous one)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="compare.json")
+    parser.add_argument("--paired", type=int, default=0, metavar="N",
+                        help="alternate single iterations of one live process per tree, N per tree and arm")
+    parser.add_argument("--arms", nargs="*", default=None, help="--paired only: these arms (default: all)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to both benches")
     args = parser.parse_args()
     samples: dict[str, dict[str, list[float]]] = {"base": {}, "head": {}}
@@ -46,7 +112,11 @@ def main() -> None:
                        capture_output=True)
         try:
             trees = {"base": base_tree / "src", "head": REPO / "src"}
-            for round_ in range(args.rounds):
+            if args.paired:
+                from wsa_lab.bench import ARMS
+
+                paired_rows = [paired_arm(arm, trees, args.paired, args.overrides) for arm in (args.arms or ARMS)]
+            for round_ in range(0 if args.paired else args.rounds):
                 order = ["base", "head"] if round_ % 2 == 0 else ["head", "base"]
                 for label in order:
                     times = bench_once(trees[label], Path(tmp) / f"{label}_{round_}.json", args.overrides)
@@ -58,6 +128,15 @@ def main() -> None:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)], check=False)
     head_rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=False).stdout.strip()
+    if args.paired:
+        print(f"| arm | {args.base} s/iteration | {head_rev} (+ working tree) s/iteration | median pair ratio [95% CI] |")
+        print("|---|---|---|---|")
+        for r in paired_rows:
+            lo, hi = r["ratio_ci95"]
+            print(f"| {r['arm']} | {r['base_s']:.2f} | {r['head_s']:.2f} | {r['ratio']:.3f} [{lo:.3f}, {hi:.3f}] |")
+        Path(args.out).write_text(json.dumps({"base": args.base, "head": head_rev, "paired": args.paired,
+                                              "overrides": args.overrides, "rows": paired_rows}, indent=2))
+        return
     rows = []
     for arm in samples["head"]:
         base, head = statistics.median(samples["base"][arm]), statistics.median(samples["head"][arm])

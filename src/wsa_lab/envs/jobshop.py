@@ -370,39 +370,41 @@ class JobShopGraphEnv(gymnasium.Env):
         )
 
     def _start(self, instance: JobShopInstance) -> None:
-        """Start an episode on ``instance`` (a fresh job-shop-lib env unless it is the same one)."""
-        if self._jsl_env is not None and self._instance is instance:
-            self._jsl_env.reset()  # a fixed instance: the same job-shop-lib env, from the start
-        else:
-            graph = JobShopGraph(instance)  # operation nodes only: node id == operation id
-            add_disjunctive_edges(graph)
-            add_conjunctive_edges(graph)
-            ops, jobs, machines = FeatureType.OPERATIONS, FeatureType.JOBS, FeatureType.MACHINES
-            self._jsl_env = SingleJobShopGraphEnv(
-                graph,
-                feature_observer_configs=[
-                    _observer(DurationObserver, ops, jobs, machines),
-                    _observer(EarliestStartTimeObserver, ops),
-                    _observer(IsReadyObserver, ops),
-                    _observer(IsScheduledObserver, ops),
-                    _observer(PositionInJobObserver, ops),
-                    _observer(RemainingOperationsObserver, jobs, machines),
-                ],
-                ready_operations_filter=self._filter,
-                use_padding=False,
-            )
-            self._jsl_env.reset()
-            operations = [op for job in instance.jobs for op in job]  # == operation id order
-            self._op_job = np.array([op.job_id for op in operations], dtype=np.int64)
-            self._op_machine = np.array([op.machine_id for op in operations], dtype=np.int64)
-            self._op_position = np.array([op.position_in_job for op in operations], dtype=np.int64)
-            self._op_positions = np.stack(
-                [
-                    self._op_job / max(self.num_jobs - 1, 1),
-                    self._op_position / max(self._max_ops_per_job - 1, 1),
-                ],
-                axis=1,
-            ).astype(np.float32)
+        """Start an episode on ``instance``: a fresh job-shop-lib env every episode.
+
+        Not ``reset()`` of the previous one for a fixed instance: job-shop-lib 1.7's `RemainingOperationsObserver`
+        keeps its counts across that reset, so a second episode saw wrong job/machine features (Gymnasium 1.4's
+        `check_env` step-determinism check found it).
+        """
+        graph = JobShopGraph(instance)  # operation nodes only: node id == operation id
+        add_disjunctive_edges(graph)
+        add_conjunctive_edges(graph)
+        ops, jobs, machines = FeatureType.OPERATIONS, FeatureType.JOBS, FeatureType.MACHINES
+        self._jsl_env = SingleJobShopGraphEnv(
+            graph,
+            feature_observer_configs=[
+                _observer(DurationObserver, ops, jobs, machines),
+                _observer(EarliestStartTimeObserver, ops),
+                _observer(IsReadyObserver, ops),
+                _observer(IsScheduledObserver, ops),
+                _observer(PositionInJobObserver, ops),
+                _observer(RemainingOperationsObserver, jobs, machines),
+            ],
+            ready_operations_filter=self._filter,
+            use_padding=False,
+        )
+        self._jsl_env.reset()
+        operations = [op for job in instance.jobs for op in job]  # == operation id order
+        self._op_job = np.array([op.job_id for op in operations], dtype=np.int64)
+        self._op_machine = np.array([op.machine_id for op in operations], dtype=np.int64)
+        self._op_position = np.array([op.position_in_job for op in operations], dtype=np.int64)
+        self._op_positions = np.stack(
+            [
+                self._op_job / max(self.num_jobs - 1, 1),
+                self._op_position / max(self._max_ops_per_job - 1, 1),
+            ],
+            axis=1,
+        ).astype(np.float32)
         self._instance = instance
         self._actions = []
         if self._references_instance is not instance:

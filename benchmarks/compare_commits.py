@@ -21,12 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
+
+from wsa_lab.stats import Estimate, bootstrap_ci
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +71,11 @@ def iteration_s(sample: dict[str, float]) -> float:
     return sample["rollout_s"] + sample["update_s"]
 
 
+def pair_ratio_estimate(ratios: list[float]) -> Estimate:
+    """Median of the per-pair ratios with the report's percentile bootstrap 95% interval."""
+    return bootstrap_ci(np.asarray(ratios), np.median)
+
+
 def paired_arm(arm: str, trees: dict[str, Path], pairs: int, overrides: list[str]) -> dict:
     """`pairs` iterations per tree of one arm, alternating base-head-head-base...; ratios of adjacent pairs."""
     workers = {label: Worker(src) for label, src in trees.items()}
@@ -86,10 +94,9 @@ def paired_arm(arm: str, trees: dict[str, Path], pairs: int, overrides: list[str
         for worker in workers.values():
             worker.close()
     ratios = [h / b for h, b in zip(times["head"], times["base"])]
-    rng = random.Random(0)
-    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    ratio = pair_ratio_estimate(ratios)
     return {"arm": arm, "base_s": statistics.median(times["base"]), "head_s": statistics.median(times["head"]),
-            "ratio": statistics.median(ratios), "ratio_ci95": [boot[49], boot[1949]],
+            "ratio": ratio.value, "ratio_ci95": [ratio.low, ratio.high],
             "base_all": times["base"], "head_all": times["head"], "pair_ratios": ratios,
             "phases": {label: {key: statistics.median(p[key] for p in phases[label]) for key in ("rollout_s", "update_s")}
                        for label in phases}}
@@ -116,14 +123,15 @@ def main() -> None:
                 from wsa_lab.bench import ARMS
 
                 paired_rows = [paired_arm(arm, trees, args.paired, args.overrides) for arm in (args.arms or ARMS)]
-            for round_ in range(0 if args.paired else args.rounds):
-                order = ["base", "head"] if round_ % 2 == 0 else ["head", "base"]
-                for label in order:
-                    times = bench_once(trees[label], Path(tmp) / f"{label}_{round_}.json", args.overrides)
-                    for arm, seconds in times.items():
-                        samples[label].setdefault(arm, []).append(seconds)
-                    print(f"round {round_ + 1}/{args.rounds} {label}: "
-                          + ", ".join(f"{a} {s:.2f}s" for a, s in times.items()), file=sys.stderr, flush=True)
+            else:
+                for round_ in range(args.rounds):
+                    order = ["base", "head"] if round_ % 2 == 0 else ["head", "base"]
+                    for label in order:
+                        times = bench_once(trees[label], Path(tmp) / f"{label}_{round_}.json", args.overrides)
+                        for arm, seconds in times.items():
+                            samples[label].setdefault(arm, []).append(seconds)
+                        print(f"round {round_ + 1}/{args.rounds} {label}: "
+                              + ", ".join(f"{a} {s:.2f}s" for a, s in times.items()), file=sys.stderr, flush=True)
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)], check=False)
     head_rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -372,9 +372,9 @@ class JobShopGraphEnv(gymnasium.Env):
     def _start(self, instance: JobShopInstance) -> None:
         """Start an episode on ``instance``: a fresh job-shop-lib env every episode.
 
-        Not ``reset()`` of the previous one for a fixed instance: job-shop-lib 1.7's `RemainingOperationsObserver`
-        keeps its counts across that reset, so a second episode saw wrong job/machine features (Gymnasium 1.4's
-        `check_env` step-determinism check found it).
+        Not ``reset()`` of the previous one for a fixed instance: in job-shop-lib 1.7 that reset recounts
+        `RemainingOperationsObserver`'s job/machine counts from the previous episode's unscheduled operations, so a
+        second episode saw wrong features (Gymnasium 1.4's `check_env` step-determinism check found it).
         """
         graph = JobShopGraph(instance)  # operation nodes only: node id == operation id
         add_disjunctive_edges(graph)

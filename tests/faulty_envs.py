@@ -2,7 +2,10 @@
 
 Named by class in the config (`env.entry_point=faulty_envs:FaultyValueGraph`), to exercise that path too.
 `fault` picks what goes wrong at the env's `fault_step`-th step: "raise", "nan_reward", "outside_space"
-(a node feature above the node space's bound), "no_choice" (an action mask with no allowed node).
+(a node feature above the node space's bound), "no_choice" (an action mask with no allowed node), "edge_count"
+(one edge feature row fewer than edge links), "edge_outside" (an edge feature above the edge space's bound),
+"fractional_links" (edge links 0.5), "string_reward" (reward "1.0"), "string_flag" (terminated "yes"),
+"system_exit" (SystemExit(3)), "keyboard_interrupt" (KeyboardInterrupt from the env's own code).
 """
 
 from __future__ import annotations
@@ -28,7 +31,36 @@ class FaultyValueGraph(ValueGraphEnv):
                 obs["graph"].nodes[0, 0] = 7.0
             if self.fault == "no_choice":
                 obs["action_mask"] = np.zeros_like(obs["action_mask"])
+            graph = obs["graph"]
+            if self.fault == "edge_count":
+                obs["graph"] = type(graph)(graph.nodes, graph.edges[:-1], graph.edge_links) if len(graph.edges) else graph
+            if self.fault == "edge_outside":
+                graph.edges[0, 0] = 9.0
+            if self.fault == "fractional_links":
+                obs["graph"] = type(graph)(graph.nodes, graph.edges, graph.edge_links.astype(np.float32) + 0.5)
+            if self.fault == "string_reward":
+                reward = "1.0"
+            if self.fault == "string_flag":
+                terminated = "yes"
+            if self.fault == "system_exit":
+                raise SystemExit(3)
+            if self.fault == "keyboard_interrupt":
+                raise KeyboardInterrupt
         return obs, reward, terminated, truncated, info
+
+
+class PickAllValueGraph(ValueGraphEnv):
+    """Picks every node: the episode ends exactly when nothing is left to pick, so its last observation's action
+    mask allows no node (as in covering, packing and scheduling envs)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("shrink", False)
+        super().__init__(**kwargs)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.picks = self.value.shape[0]
+        return obs, info
 
 
 class PlainValueGraph(ValueGraphEnv):

@@ -4,6 +4,10 @@ env (examples/graph_envs, written without wsa_lab) trained by `train(cfg)`, and 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from conftest import REPO, actor_critic_kwargs, compose_config
+from conftest import REPO, actor_critic_kwargs, compose_config, subprocess_env
 from test_train import TINY, without_timing
 from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.contract import GraphBatch, GymVectorGraphEnv, action_spec, observation_spec, ratio_to_reference, specs
@@ -258,6 +262,13 @@ def test_an_image_ptm_on_an_env_without_image_or_positions_fails_at_start_up(tmp
         ("nan_reward", "returned reward nan at its step 5"),
         ("outside_space", "feature 0 = 7 is outside the node space [0, 1]"),
         ("no_choice", "action_mask allows no node"),
+        ("edge_count", "edge_links; give one row of 1 features per edge"),
+        ("edge_outside", "edge 0 feature 0 = 9 is outside the edge space [0, 2]"),
+        ("fractional_links", "edge_links must be whole-number node ids"),
+        ("string_reward", "returned reward '1.0' of type str; it must be a float"),
+        ("string_flag", "returned terminated='yes' of type str; it must be a bool"),
+        ("system_exit", "raised SystemExit(3) in its step 5"),
+        ("keyboard_interrupt", "raised KeyboardInterrupt() in its step 5"),
     ],
 )
 def test_a_misbehaving_env_stops_the_run_naming_env_step_and_cause(tmp_path: Path, fault: str, message: str):
@@ -274,6 +285,22 @@ def test_a_misbehaving_env_stops_the_run_naming_env_step_and_cause(tmp_path: Pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and message in summary["error"]
     assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == 4  # the last good checkpoint is kept
+
+
+def test_an_episode_may_end_with_nothing_left_to_pick(tmp_path: Path):
+    """The last observation of a finished episode is never acted on: its mask may allow no node."""
+    env = GymVectorGraphEnv("pickall/Value-v0", entry_point="faulty_envs:PickAllValueGraph", num_envs=2, seed=0)
+    obs = env.reset(seed=0)
+    ended = torch.zeros(2, dtype=torch.bool)
+    for _ in range(12):
+        first_allowed = torch.stack([obs.action_mask[s:e].nonzero()[0, 0] for s, e in zip(obs.ptr[:-1], obs.ptr[1:])])
+        obs, _, terminated, _, _ = env.step(first_allowed, torch.zeros(2, 0))
+        ended |= terminated
+    assert ended.all()
+    env.close()
+    summary = train(compose_config([*GYM_TINY, "env.id=pickall/Value-v0", "env.entry_point=faulty_envs:PickAllValueGraph"],
+                                   tmp_path / "run"))
+    assert summary["status"] == "completed"
 
 
 def test_resume_restarts_the_episodes_of_an_env_that_keeps_no_state(tmp_path: Path, monkeypatch, caplog):
@@ -337,3 +364,49 @@ def test_the_agent_learns_a_users_env(tmp_path: Path):
     random_ratio = read_metrics(tmp_path / "run")[0]["reference/random_optimal_ratio"]
     assert random_ratio < 0.6
     assert summary["eval/optimal_ratio"] > random_ratio + 0.25, (summary["eval/optimal_ratio"], random_ratio)
+
+
+# ------------------------------------------------------------------------------------------- async envs: stop paths
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_async_envs_stop_like_sync_ones_on_a_signal_to_the_process_group(tmp_path: Path, fake_torch_home: Path, signum):
+    """Ctrl-C in a terminal (or `kill -TERM -<pgid>`) reaches every process of the group: the env workers must not die
+    mid-step; the run checkpoints, says `interrupted` and exits 128 + the signal, with no traceback."""
+    from test_hostile_runs import metrics_lines, wait_for, wsa_lines
+
+    run_dir = tmp_path / "run"
+    args = [*GYM_TINY, "algo.total_timesteps=100000", "checkpoint.interval=1000", "env.vectorization=async",
+            "logger.console.progress_bar=false", f"hydra.run.dir={run_dir}"]
+    env = {**subprocess_env(fake_torch_home), "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "wsa_lab", *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for("2 metrics lines", lambda: metrics_lines(run_dir) >= 2, proc)
+        os.killpg(proc.pid, signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "interrupted while starting up" not in err, err
+    (line,) = wsa_lines(err)
+    assert line.startswith(f"wsa_lab: run stopped by {signal.Signals(signum).name} after writing a checkpoint"), line
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"] > 0
+
+
+@pytest.mark.slow
+def test_an_async_env_that_raises_is_one_line_not_a_chain_of_tracebacks(tmp_path: Path, fake_torch_home: Path):
+    run_dir = tmp_path / "run"
+    args = [*[o for o in NOT_COVERAGE if not o.startswith("algo.num_steps")], "algo.num_steps=4", "env=gym",
+            "env.id=faulty/Value-v0", "env.entry_point=faulty_envs:FaultyValueGraph", "+env.kwargs.fault=raise",
+            "+env.kwargs.fault_step=5", "ptm=[graph_cnn]", "algo.num_envs=2", "algo.num_minibatches=1",
+            "env.vectorization=async", f"hydra.run.dir={run_dir}"]
+    paths = [str(EXAMPLES), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+    env = {**subprocess_env(fake_torch_home), "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.run([sys.executable, "-m", "wsa_lab", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("wsa_lab:")]
+    assert len(lines) == 1 and "raised RuntimeError in its step" in lines[0] and "solver exploded" in lines[0], proc.stderr

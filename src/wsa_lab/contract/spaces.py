@@ -65,7 +65,8 @@ class ObservationSpec:
         node_feature_dim: F, width of a node's feature vector (a ``Discrete(k)`` node space: one-hot, F = k).
         edge_feature_dim: D, width of an edge's feature vector (0: no edge features).
         node_one_hot / edge_one_hot: k when the node / edge space is ``Discrete(k)`` (one-hot encoded), else None.
-        node_low / node_high: the node space's bounds (Box only), for the runtime observation check.
+        node_low / node_high, edge_low / edge_high: the node / edge space's bounds (Box only), for the runtime
+            observation check.
         mask / positions: layout of those entries, or None when the env does not give them (all nodes may be
             chosen / no positions).
         image_shape: ``(C, H, W)`` of the env's image, or None.
@@ -78,6 +79,8 @@ class ObservationSpec:
     edge_one_hot: Optional[int] = None
     node_low: Optional[np.ndarray] = None
     node_high: Optional[np.ndarray] = None
+    edge_low: Optional[np.ndarray] = None
+    edge_high: Optional[np.ndarray] = None
     mask: Optional[PerNode] = None
     positions: Optional[PerNode] = None
     image_shape: Optional[tuple[int, int, int]] = None
@@ -172,9 +175,8 @@ def observation_spec(space: spaces.Space, where: str = "env") -> ObservationSpec
         )
     node_dim, node_one_hot = _feature_width(graph.node_space, "the graph's node_space", where)
     edge_dim, edge_one_hot = _feature_width(graph.edge_space, "the graph's edge_space", where)
-    node_low = node_high = None
-    if isinstance(graph.node_space, spaces.Box):
-        node_low, node_high = graph.node_space.low, graph.node_space.high
+    node_low, node_high = _bounds(graph.node_space)
+    edge_low, edge_high = _bounds(graph.edge_space)
     mask = _per_node(entries.get("action_mask"), "action_mask", (), where)
     positions = _per_node(entries.get("positions"), "positions", (2,), where)
     image_shape = None
@@ -185,9 +187,15 @@ def observation_spec(space: spaces.Space, where: str = "env") -> ObservationSpec
         image_shape = tuple(int(s) for s in image.shape)
     return ObservationSpec(
         node_feature_dim=node_dim, edge_feature_dim=edge_dim, node_one_hot=node_one_hot, edge_one_hot=edge_one_hot,
-        node_low=node_low, node_high=node_high, mask=mask, positions=positions, image_shape=image_shape,
+        node_low=node_low, node_high=node_high, edge_low=edge_low, edge_high=edge_high, mask=mask, positions=positions,
+        image_shape=image_shape,
         is_dict=is_dict,
     )
+
+
+def _bounds(space: spaces.Space | None) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """A Box's (low, high) per feature, else (None, None) (a Discrete is one-hot encoded: always in range)."""
+    return (space.low, space.high) if isinstance(space, spaces.Box) else (None, None)
 
 
 def _per_node(space: spaces.Space | None, key: str, item_shape: tuple[int, ...], where: str) -> Optional[PerNode]:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import math
+import os
+import warnings
 from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import gymnasium
@@ -30,6 +33,8 @@ from wsa_lab.contract.batch import GraphBatch, offsets
 from wsa_lab.contract.spaces import GRAPH_KEY, ActionSpec, ObservationSpec, action_spec, observation_spec
 from wsa_lab.errors import ConfigError, EnvContractError, EnvError
 from wsa_lab.schema import unknown_key_error
+
+log = logging.getLogger(__name__)
 
 VECTORIZATION = ("sync", "async")
 
@@ -132,9 +137,19 @@ class GymVectorGraphEnv:
             make_kwargs["max_episode_steps"] = max_episode_steps
 
         def make() -> gymnasium.Env:
-            return gymnasium.make(id, **make_kwargs)
+            return StepTypeCheck(gymnasium.make(id, **make_kwargs), id)
 
-        fns = [make] * num_envs
+        trainer = os.getpid()
+
+        def make_worker() -> gymnasium.Env:
+            # An async worker leaves stopping to the trainer: in a process group of its own, a Ctrl-C or SIGTERM sent
+            # to the run's group does not end it mid-step; the trainer checkpoints, then closes it. (AsyncVectorEnv
+            # also calls this once in the trainer's process, for the spaces: that one stays where it is.)
+            if os.getpid() != trainer:
+                os.setpgid(0, 0)
+            return make()
+
+        fns = [make if vectorization == "sync" else make_worker] * num_envs
         try:
             if vectorization == "sync":
                 self.vec = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
@@ -200,7 +215,7 @@ class GymVectorGraphEnv:
             self._returns[done] = 0.0
             self._lengths[done] = 0
         batch = self.to_batch(current, "step")
-        info["final_obs"] = self.to_batch(final, "step") if done.any() else batch
+        info["final_obs"] = self.to_batch(final, "step", final=True) if done.any() else batch
         return (
             batch,
             torch.as_tensor(reward, dtype=torch.float32, device=self.device),
@@ -239,19 +254,47 @@ class GymVectorGraphEnv:
         return True
 
     def close(self) -> None:
-        self.vec.close()
+        """Close the envs (async: end the workers). A worker that already died is not a second error: the
+        first one (the env's own, or the signal that stopped the run) is what the user sees."""
+        workers = getattr(self.vec, "processes", ())
+        try:
+            self.vec.close(terminate=any(not process.is_alive() for process in workers))
+        except Exception as exc:  # noqa: BLE001 - closing after a failure; the failure itself was reported
+            log.warning("env %s: closing its envs: %s: %s", self.env_id, type(exc).__name__, exc)
+            for process in workers:
+                if process.is_alive():
+                    process.kill()
 
     # ------------------------------------------------------------------ helpers
     def _guard(self, what: str, fn: Any) -> Any:
         """Run an env call; whatever the user's env raises becomes one EnvError naming the env and step."""
         try:
-            return fn()
+            if self.vectorization == "sync":
+                return fn()
+            with warnings.catch_warnings(record=True) as worker_reports:
+                # An async worker's error arrives as gymnasium UserWarnings holding its traceback, then is raised
+                # here: the one-line EnvError below says it; the traceback goes to the debug log
+                warnings.simplefilter("always")
+                try:
+                    return fn()
+                finally:
+                    for report in worker_reports:
+                        if report.filename.endswith("async_vector_env.py"):
+                            log.debug("env %s: %s", self.env_id, report.message)
+                        else:
+                            warnings.warn_explicit(report.message, report.category, report.filename, report.lineno)
         except (EnvError, EnvContractError):
             raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if type(exc) not in (SystemExit, KeyboardInterrupt):
+                raise  # wsa_lab's own stop (a signal while training): not the env's doing
+            raise EnvError(f"env {self.env_id} raised {type(exc).__name__}({exc}) in its {self._where(what)}") from exc
         except Exception as exc:  # noqa: BLE001 - a user's env can raise anything
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            where = f"step {self.steps + 1}" if what == "step" else what
-            raise EnvError(f"env {self.env_id} raised {type(exc).__name__} in its {where}: {first[:300]}") from exc
+            raise EnvError(f"env {self.env_id} raised {type(exc).__name__} in its {self._where(what)}: {first[:300]}") from exc
+
+    def _where(self, what: str) -> str:
+        return f"step {self.steps + 1}" if what == "step" else what
 
     def _split(self, obs: Any) -> list[Any]:
         """The vector env's batched observation as one observation per env."""
@@ -262,8 +305,12 @@ class GymVectorGraphEnv:
             out.append({key: value[i] for key, value in obs.items()})
         return out
 
-    def to_batch(self, observations: Sequence[Any], where: str) -> GraphBatch:
-        """One GraphBatch from per-env observations, checked against the contract (EnvError naming the env)."""
+    def to_batch(self, observations: Sequence[Any], where: str, final: bool = False) -> GraphBatch:
+        """One GraphBatch from per-env observations, checked against the contract (EnvError naming the env).
+
+        ``final``: the last observations of finished episodes, which are valued (truncation) but never acted on,
+        so they may have no node left, or no node left to pick.
+        """
         spec, max_nodes = self.obs_spec, self.act_spec.max_nodes
         xs, links, edge_feats, masks, positions, images = [], [], [], [], [], []
         node_counts, edge_counts = [], []
@@ -277,28 +324,28 @@ class GymVectorGraphEnv:
             n = nodes.shape[0]
             if nodes.ndim != 2 or nodes.shape[1] != spec.node_feature_dim:
                 raise EnvError(f"{label}: node features of shape {nodes.shape}, expected (n, {spec.node_feature_dim})")
-            if n < 1 or n > max_nodes:
+            if n < (0 if final else 1) or n > max_nodes:
                 raise EnvError(f"{label}: a graph of {n} nodes; it must have 1..{max_nodes} (the action space's Discrete)")
             if not np.isfinite(nodes).all():
                 raise EnvError(f"{label}: node features hold NaN or Inf")
-            if spec.node_low is not None and ((nodes < spec.node_low).any() or (nodes > spec.node_high).any()):
-                row, col = np.argwhere((nodes < spec.node_low) | (nodes > spec.node_high))[0]
-                raise EnvError(
-                    f"{label}: node {row} feature {col} = {nodes[row, col]:.4g} is outside the node space "
-                    f"[{spec.node_low[col]:.4g}, {spec.node_high[col]:.4g}]"
-                )
-            link = np.zeros((0, 2), dtype=np.int64) if graph.edge_links is None else np.asarray(graph.edge_links, dtype=np.int64)
-            if link.size and (link.ndim != 2 or link.shape[1] != 2 or link.min() < 0 or link.max() >= n):
-                raise EnvError(f"{label}: edge_links must be (m, 2) node ids in [0, {n - 1}]")
+            _check_bounds(nodes, spec.node_low, spec.node_high, "node", label)
+            link = _edge_links(graph.edge_links, n, label)
             if spec.edge_feature_dim:
                 feats = graph.edges
                 if feats is None:
                     feats = np.zeros((link.shape[0], spec.edge_feature_dim), dtype=np.float32)
                 elif spec.edge_one_hot:
                     feats = _one_hot(feats, spec.edge_one_hot)
-                feats = np.asarray(feats, dtype=np.float32).reshape(link.shape[0], spec.edge_feature_dim)
+                feats = np.asarray(feats, dtype=np.float32)
+                if feats.size != link.shape[0] * spec.edge_feature_dim:
+                    raise EnvError(
+                        f"{label}: edge features of shape {feats.shape} for {link.shape[0]} edge_links; give one row of "
+                        f"{spec.edge_feature_dim} features per edge"
+                    )
+                feats = feats.reshape(link.shape[0], spec.edge_feature_dim)
                 if not np.isfinite(feats).all():
                     raise EnvError(f"{label}: edge features hold NaN or Inf")
+                _check_bounds(feats, spec.edge_low, spec.edge_high, "edge", label)
                 edge_feats.append(feats)
             mask = np.ones(n, dtype=bool)
             if spec.mask is not None:
@@ -307,7 +354,8 @@ class GymVectorGraphEnv:
                 if raw.shape[0] != n:
                     raise EnvError(f"{label}: action_mask has {raw.shape[0]} entries for {n} nodes")
                 mask = raw.astype(bool)
-                if not mask.any():
+                # a finished episode's last observation is never acted on: it may leave nothing to pick
+                if not mask.any() and not final:
                     raise EnvError(f"{label}: action_mask allows no node; every observation needs at least one choice")
             if spec.positions is not None:
                 pos = np.asarray(obs["positions"], dtype=np.float32).reshape(-1, 2)
@@ -339,6 +387,53 @@ class GymVectorGraphEnv:
             positions=as_t(np.concatenate(positions), dtype=torch.float32) if positions else None,
             image=as_t(np.stack(images), dtype=torch.float32) if images else None,
         )
+
+
+def _check_bounds(values: np.ndarray, low: Optional[np.ndarray], high: Optional[np.ndarray], what: str, label: str) -> None:
+    """Node or edge features inside their Box (one EnvError naming the first value outside)."""
+    if low is None or high is None:
+        return
+    outside = (values < low) | (values > high)
+    if outside.any():
+        row, col = np.argwhere(outside)[0]
+        raise EnvError(
+            f"{label}: {what} {row} feature {col} = {values[row, col]:.4g} is outside the {what} space "
+            f"[{low[col]:.4g}, {high[col]:.4g}]"
+        )
+
+
+def _edge_links(edge_links: Any, n: int, label: str) -> np.ndarray:
+    """A graph's edge links as (m, 2) int64 node ids in [0, n); whole numbers only (1.5 is no node)."""
+    if edge_links is None:
+        return np.zeros((0, 2), dtype=np.int64)
+    raw = np.asarray(edge_links)
+    if raw.size and (raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.array_equal(raw, np.round(raw)))):
+        raise EnvError(f"{label}: edge_links must be whole-number node ids, got {raw.dtype} values such as {raw.reshape(-1)[0]!r}")
+    link = raw.astype(np.int64)
+    if link.size and (link.ndim != 2 or link.shape[1] != 2 or link.min() < 0 or link.max() >= n):
+        raise EnvError(f"{label}: edge_links must be (m, 2) node ids in [0, {n - 1}]")
+    return link.reshape(-1, 2)
+
+
+class StepTypeCheck(gymnasium.Wrapper):
+    """Every step's reward is a real number and its flags are booleans.
+
+    Gymnasium's vector envs store them into float and bool arrays, which turns ``"1.0"`` into 1.0 and ``"yes"``
+    into True without a word, and its passive env checker looks at the first step only.
+    """
+
+    def __init__(self, env: gymnasium.Env, env_id: str) -> None:
+        super().__init__(env)
+        self.env_id = env_id
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if isinstance(reward, (bool, np.bool_)) or not isinstance(reward, (int, float, np.integer, np.floating)):
+            raise EnvError(f"env {self.env_id}: step() returned reward {reward!r} of type {type(reward).__name__}; it must be a float")
+        for name, flag in (("terminated", terminated), ("truncated", truncated)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise EnvError(f"env {self.env_id}: step() returned {name}={flag!r} of type {type(flag).__name__}; it must be a bool")
+        return obs, reward, terminated, truncated, info
 
 
 def register_entry_point(env_id: str, entry_point: Optional[str]) -> None:

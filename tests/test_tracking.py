@@ -13,7 +13,7 @@ import torch
 
 from conftest import compose_config, from_yaml, subprocess_env
 from wsa_lab.errors import ConfigError
-from wsa_lab.tracking import Tracker, build_tracker, logger_settings, read_metrics
+from wsa_lab.tracking import Continuation, Tracker, build_tracker, logger_settings, read_metrics
 from wsa_lab.tracking.settings import WandbConfig
 from wsa_lab.tracking.wandb_backend import RUN_ID_FILE, TrackingError
 from wsa_lab.tracking.wandb_records import offline_run_files, read_offline_run, read_records
@@ -172,7 +172,7 @@ def test_a_restarted_run_continues_the_same_wandb_run(tmp_path: Path):
     log_two_steps(tracker, 8)
     tracker.finish({"status": "failed", "error": "preempted"})
     run_id = (tmp_path / RUN_ID_FILE).read_text().strip()
-    tracker = build_tracker(cfg, tmp_path)  # the requeued job, same run folder
+    tracker = build_tracker(cfg, tmp_path, Continuation(step=16, logged_until=16))  # the requeued job, same folder
     log_two_steps(tracker, 24)
     tracker.finish({"status": "completed"})
     # W&B writes one offline-run-<start time>-<id> folder per start (`wandb sync` sends both to one run);
@@ -181,6 +181,46 @@ def test_a_restarted_run_continues_the_same_wandb_run(tmp_path: Path):
     assert 1 <= len(files) <= 2
     assert {read_back(f).run_id for f in files} == {run_id}
     assert [s for s, _ in read_back(files[-1]).series("charts/SPS")] == [24, 32]
+
+
+def test_a_resumed_run_logs_each_step_once_and_names_every_attempt_to_sync(tmp_path: Path, caplog, monkeypatch):
+    """Attempt 1 logs steps 8..40 and dies; the checkpoint was at 16, so attempt 2 repeats 24..40 (same numbers, by
+    exact resume): TensorBoard hides attempt 1's events after 16, W&B skips what attempt 1 already sent."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tracker_cfg(tmp_path, "logger=[console,wandb,tensorboard]")
+    first = build_tracker(cfg, tmp_path)
+    for step in range(8, 41, 8):
+        first.log({"charts/SPS": float(step)}, step)
+    first.finish({"status": "failed", "error": "SIGKILL"})
+    time.sleep(1.1)  # a real requeue starts seconds later: W&B names each attempt's folder by its start second
+    with caplog.at_level(logging.INFO, logger="wsa_lab"):
+        second = build_tracker(cfg, tmp_path, Continuation(step=16, logged_until=40))
+        for step in range(24, 57, 8):
+            second.log({"charts/SPS": float(step)}, step)
+        second.finish({"status": "completed"})
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("charts/SPS")] == list(range(8, 57, 8))  # each step once
+    files = offline_run_files(tmp_path)
+    assert len(files) == 2
+    steps = [s for f in files for s, _ in read_back(f).series("charts/SPS")]
+    assert steps == list(range(8, 57, 8))  # attempt 2 sent only 48 and 56
+    (line,) = [r.getMessage() for r in caplog.records if "wandb sync" in r.getMessage()]
+    assert all(str(f.parent) in line for f in files)  # both attempts' folders
+
+
+def test_a_run_that_starts_over_is_a_new_wandb_run(tmp_path: Path):
+    """resume=false (or no checkpoint yet) in a folder that held a run: not merged into the old W&B run."""
+    cfg = tracker_cfg(tmp_path)
+    first = build_tracker(cfg, tmp_path)
+    first.finish({"status": "completed"})
+    old = (tmp_path / RUN_ID_FILE).read_text().strip()
+    second = build_tracker(cfg, tmp_path)  # no continuation: a fresh start
+    second.finish({"status": "completed"})
+    assert (tmp_path / RUN_ID_FILE).read_text().strip() != old
 
 
 def test_attention_switch_and_health_only_for_learned_attention(tmp_path: Path):

@@ -5,24 +5,37 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
 from wsa_lab.errors import ConfigError
 from wsa_lab.tracking.settings import RunIdentity, TensorBoardConfig
 
+if TYPE_CHECKING:
+    from wsa_lab.tracking.tracker import Continuation
+
 
 class TensorBoardBackend:
-    """Scalars and attention histograms against `global_step`; the config and summary as text."""
+    """Scalars and attention histograms against `global_step`; the config and summary as text.
 
-    def __init__(self, settings: TensorBoardConfig, run_dir: Path, identity: RunIdentity, config: Mapping[str, Any]) -> None:
+    A resumed run opens its event files with `purge_step` one past the checkpoint: TensorBoard hides what an earlier
+    attempt logged after it, so every step is shown once (the resumed run logs those steps again).
+    """
+
+    def __init__(
+        self, settings: TensorBoardConfig, run_dir: Path, identity: RunIdentity, config: Mapping[str, Any],
+        continuation: Optional["Continuation"] = None,
+    ) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise ConfigError("logger=tensorboard needs the tensorboard package: pip install tensorboard") from exc
         self.log_dir = Path(settings.log_dir) if settings.log_dir else Path(run_dir) / "tensorboard"
-        self.writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=settings.flush_secs)
+        purge = None if continuation is None else continuation.step + 1
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=settings.flush_secs, purge_step=purge)
+        if continuation is not None:
+            return  # the run and config texts are in the first attempt's events
         header = {**identity.flat_fields(), "seed": identity.seed}
         self.writer.add_text("run", _code_block(json.dumps(header, indent=2)), 0)
         self.writer.add_text("config", _code_block(json.dumps(config, indent=2, default=str)), 0)

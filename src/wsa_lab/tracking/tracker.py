@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -18,6 +19,18 @@ log = logging.getLogger("wsa_lab")
 
 _INDEXED = re.compile(r"^wsa/(attention_weights|feature_norms)_(\d+)$")
 _BY_NAME = {"attention_weights": "wsa/attention/", "feature_norms": "wsa/feature_norms/"}
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Where a resumed run picks up, for the backends that keep their own history (TensorBoard, W&B).
+
+    `step`: the checkpoint's global_step, from which training continues. `logged_until`: the last step an earlier
+    attempt logged; metrics.jsonl drops what came after the checkpoint, but event files and W&B runs already hold it.
+    """
+
+    step: int
+    logged_until: int
 
 
 def unique_names(names: Sequence[str]) -> list[str]:
@@ -130,8 +143,11 @@ class Tracker:
                 self.backends.remove(backend)
 
 
-def build_tracker(cfg: DictConfig, run_dir: str | Path) -> Tracker:
+def build_tracker(cfg: DictConfig, run_dir: str | Path, continuation: Optional[Continuation] = None) -> Tracker:
     """The run's tracker: metrics.jsonl plus one backend per entry of `cfg.logger` that has one.
+
+    `continuation`: set when the run resumes from a checkpoint; None is a fresh start (a new W&B run, also in a
+    folder that held an earlier run).
 
     Validates `cfg.logger` first (one-line ConfigError on unknown keys or wrong types). The attention
     health monitor runs for WSA runs with learned attention (`fusion: wsa`) over at least two PTMs, unless
@@ -152,11 +168,11 @@ def build_tracker(cfg: DictConfig, run_dir: str | Path) -> Tracker:
         if settings.tensorboard is not None:
             from wsa_lab.tracking.tensorboard_backend import TensorBoardBackend
 
-            backends.append(TensorBoardBackend(settings.tensorboard, run_dir, identity, config))
+            backends.append(TensorBoardBackend(settings.tensorboard, run_dir, identity, config, continuation))
         if settings.wandb is not None and settings.wandb.resolved_mode() != "disabled":
             from wsa_lab.tracking.wandb_backend import WandbBackend
 
-            backends.append(WandbBackend(settings.wandb, run_dir, identity, config))
+            backends.append(WandbBackend(settings.wandb, run_dir, identity, config, continuation))
     except BaseException:
         for backend in backends:  # don't leave a half-built set of backends open
             backend.finish({"status": "failed"})

@@ -3,8 +3,10 @@
 - group = the sweep (or phase), job_type = the ablation arm, name = <arm>_seed<seed>, tags = phase + PTM names;
   `config` = the resolved config plus flat `arm`, `phase`, `ptm_names`, `ptm_count`, `fusion`, `wsa_enabled`.
 - Every metric is plotted against `global_step` (env steps) via `define_metric`.
-- The run id lives in `<run folder>/wandb_run_id.txt`: a restarted or requeued job continues the same run
-  (`resume="allow"`).
+- The run id lives in `<run folder>/wandb_run_id.txt`: a resumed (restarted, requeued) job continues the same run
+  (`resume="allow"`) and does not log again the steps an earlier attempt logged after the checkpoint (a resumed run
+  repeats them with the same numbers); a run that starts over gets a new id, so two runs never merge. Offline, each
+  attempt is its own `offline-run-*` folder: the closing line names every one to `wandb sync`.
 - `reinit="finish_previous"` + `finish()` in the tracker's `finish` (also after an error): sequential
   multirun jobs in one process each get their own run (a second `init` without `finish` would return the
   first run: wandb 0.31 returns the same run from a second `init`).
@@ -18,12 +20,15 @@ import math
 import secrets
 import string
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 
 from wsa_lab.errors import WsaLabError
 from wsa_lab.tracking.settings import RunIdentity, WandbConfig
+
+if TYPE_CHECKING:
+    from wsa_lab.tracking.tracker import Continuation
 
 log = logging.getLogger("wsa_lab")
 
@@ -34,10 +39,10 @@ class TrackingError(WsaLabError):
     """A logger backend could not start (the message says how to fix it)."""
 
 
-def run_id_for(run_dir: Path) -> str:
-    """The W&B run id stored in the run folder; a new one is created (and stored) on the first call."""
+def run_id_for(run_dir: Path, new: bool = False) -> str:
+    """The W&B run id stored in the run folder; a new one is created (and stored) on the first call or if `new`."""
     path = run_dir / RUN_ID_FILE
-    if path.is_file():
+    if path.is_file() and not new:
         stored = path.read_text().strip()
         if stored:
             return stored
@@ -78,13 +83,18 @@ def _summary_value(value: Any) -> Any:
 class WandbBackend:
     """`log`, `log_attention`, `finish`: the tracker's backend interface, on top of one `wandb.Run`."""
 
-    def __init__(self, settings: WandbConfig, run_dir: Path, identity: RunIdentity, config: Mapping[str, Any]) -> None:
+    def __init__(
+        self, settings: WandbConfig, run_dir: Path, identity: RunIdentity, config: Mapping[str, Any],
+        continuation: Optional["Continuation"] = None,
+    ) -> None:
         import wandb  # imported here: W&B is only loaded by runs that use it
 
         self._wandb = wandb
         self.mode = settings.resolved_mode()
         self.run_dir = Path(run_dir)
-        self.run_id = run_id_for(self.run_dir)
+        self.run_id = run_id_for(self.run_dir, new=continuation is None)
+        # steps an earlier attempt of this run already sent (the resumed run logs them again, with the same numbers)
+        self.logged_until = -1 if continuation is None else continuation.logged_until
         root = Path(settings.dir) if settings.dir else self.run_dir
         root.mkdir(parents=True, exist_ok=True)
         tags = list(dict.fromkeys([*identity.tags, *settings.tags]))
@@ -118,7 +128,8 @@ class WandbBackend:
             self.sync_dir = str(Path(self.run.settings.sync_dir).resolve())
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self.run.log({**metrics, "global_step": int(step)})
+        if step > self.logged_until:
+            self.run.log({**metrics, "global_step": int(step)})
 
     def log_attention(self, weights: torch.Tensor, names: list[str], step: int) -> None:
         """One histogram per PTM of its attention weight across the rollout's states."""
@@ -126,10 +137,13 @@ class WandbBackend:
             f"wsa/attention_hist/{name}": self._wandb.Histogram(weights[:, i].numpy(), num_bins=32)
             for i, name in enumerate(names)
         }
-        self.run.log({**data, "global_step": int(step)})
+        if step > self.logged_until:
+            self.run.log({**data, "global_step": int(step)})
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         self.run.summary.update({k: _summary_value(v) for k, v in summary.items()})
         self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
         if self.sync_dir:
-            log.info("W&B offline run %s saved; upload it with: wandb sync %s", self.run_id, self.sync_dir)
+            # every attempt of this run (a resumed run adds one folder per start), oldest first
+            attempts = sorted(Path(self.sync_dir).parent.glob(f"offline-run-*-{self.run_id}")) or [Path(self.sync_dir)]
+            log.info("W&B offline run %s saved; upload it with: wandb sync %s", self.run_id, " ".join(map(str, attempts)))

@@ -23,7 +23,7 @@ NAMES = ["resnet18_imagenet", "graph_cnn"]
 
 def make_run(
     root: Path, folder: str, arm: str, seed: int, greedy: float, status: str = "completed", ptms: list[str] | None = None,
-    steps: tuple[int, ...] = (64, 128), metric: str = "eval/greedy_ratio",
+    steps: tuple[int, ...] = (64, 128), metric: str = "eval/greedy_ratio", env: str = "CoverageEnv",
 ) -> Path:
     """A run folder as train() leaves it: summary.json + metrics.jsonl (eval every step in `steps`).
 
@@ -44,7 +44,7 @@ def make_run(
     summary = {
         "name": arm, "phase": "phase1", "seed": seed, "status": status, "ptm_names": ptms, "ptm_count": len(ptms),
         "fusion": "wsa" if ptms else None, "wsa_enabled": bool(ptms), "wall_time_s": 10.0 + seed, "global_step": steps[-1],
-        "metric": metric,
+        "metric": metric, "env": env,
     }
     if status == "completed":
         summary.update({"eval/greedy_ratio": greedy, "eval/return": 2 * greedy, "wsa/health/verdict": "balanced"})
@@ -136,6 +136,17 @@ def test_runs_with_the_same_name_but_other_ptms_are_split(tmp_path: Path):
         "wsa3_default [ptm=graph_cnn,resnet18_random]", "wsa3_default [ptm=resnet18_imagenet,graph_cnn]",
     ]
     assert report.notes
+
+
+def test_runs_of_different_envs_are_never_pooled_into_one_arm(tmp_path: Path):
+    """Both envs call their headline eval/greedy_ratio: the arm is split by env, not averaged over both."""
+    for seed in range(2):
+        make_run(tmp_path, f"c{seed}", "phase3_hybrid", seed, 0.9)
+        make_run(tmp_path, f"u{seed}", "phase3_hybrid", seed, 0.3, env="my_pkg/MyEnv-v0")
+    report = build_report([tmp_path], boot=BootstrapSettings(reps=200))
+    assert sorted(report.arms) == ["phase3_hybrid [env=CoverageEnv]", "phase3_hybrid [env=my_pkg/MyEnv-v0]"]
+    assert len(report.arms["phase3_hybrid [env=CoverageEnv]"].seeds) == 2
+    assert any("differ in env" in note for note in report.notes)
 
 
 def test_the_headline_metric_comes_from_the_runs(tmp_path: Path, capsys: pytest.CaptureFixture):

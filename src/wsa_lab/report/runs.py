@@ -157,31 +157,28 @@ def headline_metric(runs: list[Run]) -> str:
 
 
 def split_heterogeneous_arms(runs: list[Run]) -> list[str]:
-    """Runs that share an arm name but differ in PTMs or fusion (e.g. a sweep over `ptm=` without renaming
-    the arm) become separate arms, `<name> [<what differs>]`. Returns one note per split arm."""
+    """Runs that share an arm name but differ in env, PTMs or fusion (e.g. `phase3_hybrid` on two envs, or a sweep
+    over `ptm=` without renaming the arm) become separate arms, `<name> [<what differs>]`: runs of different envs are
+    never pooled, even when their headline metrics share a name. Returns one note per split arm."""
     notes = []
     by_arm: dict[str, list[Run]] = {}
     for run in runs:
         by_arm.setdefault(run.arm, []).append(run)
+    fields = ("env", "PTMs", "fusion")
     for arm, members in by_arm.items():
         def key(run: Run) -> tuple:
             s = run.summary
-            return (tuple(s.get("ptm_names") or []), s.get("fusion"))
+            return (s.get("env"), tuple(s.get("ptm_names") or []), s.get("fusion"))
 
         variants = {key(r) for r in members}
         if len(variants) <= 1:
             continue
-        ptms_differ = len({v[0] for v in variants}) > 1
-        fusion_differs = len({v[1] for v in variants}) > 1
+        differ = [i for i in range(len(fields)) if len({v[i] for v in variants}) > 1]
         for run in members:
-            ptms, fusion = key(run)
-            parts = []
-            if ptms_differ:
-                parts.append("ptm=" + ",".join(ptms) if ptms else "standard")
-            if fusion_differs:
-                parts.append(f"fusion={fusion}")
-            run.arm = f"{arm} [{'; '.join(parts)}]"
-        notes.append(f"runs named {arm!r} differ in {'PTMs' if ptms_differ else 'fusion'}; split into {len(variants)} arms")
+            env, ptms, fusion = key(run)
+            labels = {0: f"env={env}", 1: "ptm=" + ",".join(ptms) if ptms else "standard", 2: f"fusion={fusion}"}
+            run.arm = f"{arm} [{'; '.join(labels[i] for i in differ)}]"
+        notes.append(f"runs named {arm!r} differ in {' and '.join(fields[i] for i in differ)}; split into {len(variants)} arms")
     return notes
 
 

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 import torch
 
 from wsa_lab.errors import ConfigError
-from wsa_lab.tracking.settings import RunIdentity, TensorBoardConfig
+from wsa_lab.config.schema import TensorBoardConfig
+from wsa_lab.tracking.identity import RunIdentity
 
 
 class TensorBoardBackend:

@@ -23,7 +23,8 @@ from typing import Any, Mapping, Optional
 import torch
 
 from wsa_lab.errors import WsaLabError
-from wsa_lab.tracking.settings import RunIdentity, WandbConfig
+from wsa_lab.config.schema import WandbConfig
+from wsa_lab.tracking.identity import RunIdentity
 
 log = logging.getLogger("wsa_lab")
 

@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from wsa_lab.config import config_dir
+from wsa_lab.conf_files import config_dir
 from wsa_lab.models.weights import ALLOW_UNVERIFIED_ENV, RESNETS, weights_file_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def pretrained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (entry,) = OmegaConf.to_container(OmegaConf.load(file)).values()
         spec = dataclasses.replace(PTMSpec(**{**entry, "weights_path": None}), made_by=None)
         torch.manual_seed(0)
-        wrapper = PreTrainedModelWrapper(spec, 128, 6, 64, None, 500, 3, 32, 1)
+        wrapper = PreTrainedModelWrapper(spec, 128, 6, 64, None, 500, 3, 32, 1, "relu")
         torch.save(wrapper.backbone.state_dict(), folder / f"{entry['name']}.pt")
     return folder
 
@@ -115,7 +115,7 @@ def actor_critic_kwargs(**overrides) -> dict:
 def ppo_config(**overrides):
     """A PPOConfig: conf/algo/ppo.yaml's values (where its defaults live) updated with `overrides`."""
     from wsa_lab.conf_files import yaml_defaults
-    from wsa_lab.rl import PPOConfig
+    from wsa_lab.config.schema import PPOConfig
 
     return PPOConfig(**{**yaml_defaults("algo/ppo.yaml"), **overrides})
 

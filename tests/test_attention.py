@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from wsa_lab.conf_files import yaml_defaults
 from wsa_lab.errors import ConfigError
 from wsa_lab.models.attention import (
     ATTENTION_KINDS,
-    AdditiveAttention,
     DotProductAttention,
     FusionAttention,
     ReluSoftmaxAttention,
@@ -25,6 +25,15 @@ from wsa_lab.models.attention import (
 )
 
 SOFTMAX_KINDS = ("additive", "relu_softmax", "dot_product")
+#: the `attention` group's values (conf/attention/additive.yaml holds their defaults)
+ATTENTION = yaml_defaults("attention/additive.yaml")
+NEUTRAL = {"temperature": 1.0, "uniform_init": False}  # the non-additive classes built by hand below
+
+
+def options(**overrides) -> dict:
+    """build_attention's keyword arguments: the YAML's values, updated with `overrides`."""
+    keys = ("hidden_dim", "dropout", "temperature", "uniform_init")
+    return {**{k: ATTENTION[k] for k in keys}, **overrides}
 
 
 class _LegacyWSA(nn.Module):
@@ -57,7 +66,7 @@ def _inputs(
 
 
 def _build(kind: str, context_dim: int = 6, feature_dim: int = 3, **kwargs) -> FusionAttention:
-    module = build_attention(kind, context_dim, feature_dim, hidden_dim=8, **kwargs).eval()
+    module = build_attention(kind, context_dim, feature_dim, **options(hidden_dim=8, **kwargs)).eval()
     if kind in ("relu_softmax", "relu_sum"):
         with torch.no_grad():  # every ReLU on, so scores are non-uniform and gradients flow
             module.score.bias.fill_(5.0)
@@ -89,7 +98,7 @@ FEATURES = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, -1.0]], [[0.5, 0.5], [-1
 
 
 def test_additive_matches_hand_computation() -> None:
-    m = WeightSharingAttention(2, 2, hidden_dim=3, dropout=0.5).eval()
+    m = WeightSharingAttention(2, 2, hidden_dim=3, dropout=0.5, **NEUTRAL).eval()
     W = torch.tensor([[0.1, -0.2, 0.3, 0.4], [0.0, 0.5, -0.5, 0.2], [-0.3, 0.1, 0.2, -0.1]])
     b = torch.tensor([0.05, -0.1, 0.2])
     v = torch.tensor([[1.0, -2.0, 0.5]])
@@ -108,7 +117,7 @@ def test_additive_matches_hand_computation() -> None:
 
 def test_relu_softmax_matches_hand_computation_with_context_dim_not_feature_dim() -> None:
     context = torch.tensor([[1.0, -1.0, 2.0], [0.0, 3.0, -1.0]])  # C=3 != F=2: Linear(C+F, 1)
-    m = ReluSoftmaxAttention(3, 2)
+    m = ReluSoftmaxAttention(3, 2, **NEUTRAL)
     w = torch.tensor([[0.2, 0.1, -0.1, 1.0, -1.0]])
     with torch.no_grad():
         m.score.weight.copy_(w)
@@ -123,7 +132,7 @@ def test_relu_softmax_matches_hand_computation_with_context_dim_not_feature_dim(
 
 
 def test_relu_sum_matches_hand_computation_and_pufferlib_when_scores_are_positive() -> None:
-    m = ReluSumAttention(2, 2)
+    m = ReluSumAttention(2, 2, **NEUTRAL)
     w = torch.tensor([[0.5, 0.25, 1.0, -0.5]])
     with torch.no_grad():
         m.score.weight.copy_(w)
@@ -138,7 +147,7 @@ def test_relu_sum_matches_hand_computation_and_pufferlib_when_scores_are_positiv
 
 
 def test_dot_product_matches_hand_computation() -> None:
-    m = DotProductAttention(2, 2)
+    m = DotProductAttention(2, 2, **NEUTRAL)
     Wq = torch.tensor([[1.0, 0.5], [-0.5, 2.0]])
     bq = torch.tensor([0.1, -0.2])
     with torch.no_grad():
@@ -159,7 +168,7 @@ def test_dot_product_matches_hand_computation() -> None:
 @pytest.mark.parametrize("default_init", [True, False])
 def test_weights_are_a_distribution(kind: str, default_init: bool) -> None:
     torch.manual_seed(3)
-    m = build_attention(kind, 6, 3, hidden_dim=8).eval() if default_init else _build(kind)
+    m = build_attention(kind, 6, 3, **options(hidden_dim=8)).eval() if default_init else _build(kind)
     context, features = _inputs(batch=64, scale=3.0)
     fused, weights = m(context, features)
     assert weights.shape == (64, 4) and fused.shape == (64, 3)
@@ -171,7 +180,7 @@ def test_weights_are_a_distribution(kind: str, default_init: bool) -> None:
 
 
 def test_relu_sum_all_zero_row_is_uniform_where_pufferlib_gives_zeros() -> None:
-    m = ReluSumAttention(2, 2)
+    m = ReluSumAttention(2, 2, **NEUTRAL)
     with torch.no_grad():
         m.score.weight.copy_(torch.tensor([[0.0, 0.0, 1.0, 0.0]]))  # score = ReLU(f_0 + b)
         m.score.bias.fill_(-1.0)
@@ -191,7 +200,7 @@ def test_relu_sum_all_zero_row_is_uniform_where_pufferlib_gives_zeros() -> None:
 
 
 def test_relu_sum_tiny_positive_sum_still_sums_to_one() -> None:
-    m = ReluSumAttention(2, 2)
+    m = ReluSumAttention(2, 2, **NEUTRAL)
     with torch.no_grad():
         m.score.weight.zero_()
         m.score.weight[0, 2] = 1e-10  # scores = 1e-10 * ReLU(f_0): sum << the original's 1e-8 clamp
@@ -257,7 +266,7 @@ def test_hold_uniform_gives_mean_and_no_scorer_gradient(kind: str) -> None:
 
 
 def test_set_hold_uniform_walks_a_model() -> None:
-    model = nn.ModuleList([build_attention("additive", 2, 2), nn.Linear(2, 2), build_attention("relu_sum", 2, 2)])
+    model = nn.ModuleList([build_attention("additive", 2, 2, **options()), nn.Linear(2, 2), build_attention("relu_sum", 2, 2, **options())])
     assert set_hold_uniform(model, True) == 2
     assert model[0].hold_uniform and model[2].hold_uniform
     assert set_hold_uniform(model, False) == 2 and not model[0].hold_uniform
@@ -269,7 +278,7 @@ def test_set_hold_uniform_walks_a_model() -> None:
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
 def test_uniform_init_is_exactly_uniform_and_can_learn(kind: str) -> None:
     torch.manual_seed(0)
-    m = build_attention(kind, 6, 3, hidden_dim=8, uniform_init=True).train()  # dropout on: still exact
+    m = build_attention(kind, 6, 3, **options(hidden_dim=8, uniform_init=True)).train()  # dropout on: still exact
     for ptms, scale in ((2, 1.0), (3, 10.0), (5, 1e3), (7, 1e-3)):
         context, features = _inputs(batch=32, ptms=ptms, seed=ptms, scale=scale)
         fused, weights = m(context, features)
@@ -307,9 +316,9 @@ def test_bad_temperatures_are_config_errors() -> None:
     for kind in ATTENTION_KINDS:
         for tau in (0.0, -1.0, math.inf, math.nan):
             with pytest.raises(ConfigError, match="temperature"):
-                build_attention(kind, 2, 2, temperature=tau)
+                build_attention(kind, 2, 2, **options(temperature=tau))
     with pytest.raises(ConfigError, match="scale-invariant"):
-        build_attention("relu_sum", 2, 2, temperature=2.0)
+        build_attention("relu_sum", 2, 2, **options(temperature=2.0))
 
 
 # -- compatibility with today's module, factory, checkpoints ---------------------------------------------
@@ -319,9 +328,9 @@ def test_additive_reproduces_todays_numbers_for_the_same_seed() -> None:
     torch.manual_seed(0)
     legacy = _LegacyWSA(6, 3, 16, 0.1)
     torch.manual_seed(0)
-    current = WeightSharingAttention(6, 3, 16, 0.1)
+    current = WeightSharingAttention(6, 3, 16, 0.1, **NEUTRAL)
     torch.manual_seed(0)
-    built = build_attention("additive", 6, 3, hidden_dim=16, dropout=0.1)
+    built = build_attention("additive", 6, 3, **options(hidden_dim=16, dropout=0.1, **NEUTRAL))
     context, features = _inputs()
     for mode in (True, False):  # train (dropout drawn from the same seed) and eval
         outs = []
@@ -330,13 +339,12 @@ def test_additive_reproduces_todays_numbers_for_the_same_seed() -> None:
             outs.append(m.train(mode)(context, features))
         for fused, weights in outs[1:]:
             assert torch.equal(fused, outs[0][0]) and torch.equal(weights, outs[0][1])
-    assert AdditiveAttention is WeightSharingAttention
 
 
 def test_todays_state_dict_loads_strictly_and_means_not_held() -> None:
     torch.manual_seed(0)
     legacy = _LegacyWSA(6, 3, 16, 0.1).eval()
-    current = WeightSharingAttention(6, 3, 16, 0.1).eval()
+    current = WeightSharingAttention(6, 3, 16, 0.1, **NEUTRAL).eval()
     current.set_hold_uniform(True)
     current.load_state_dict(legacy.state_dict(), strict=True)
     assert current.hold_uniform is False
@@ -347,14 +355,14 @@ def test_todays_state_dict_loads_strictly_and_means_not_held() -> None:
 
 @pytest.mark.parametrize("kind", ATTENTION_KINDS)
 def test_hold_uniform_survives_a_checkpoint(kind: str) -> None:
-    source = nn.Sequential(build_attention(kind, 4, 3))
+    source = nn.Sequential(build_attention(kind, 4, 3, **options()))
     source[0].set_hold_uniform(True)
     buffer = io.BytesIO()
     torch.save(source.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)  # how wsa_lab loads checkpoints
     assert all(isinstance(v, Tensor) for v in state.values())
-    target = nn.Sequential(build_attention(kind, 4, 3))
+    target = nn.Sequential(build_attention(kind, 4, 3, **options()))
     target.load_state_dict(state, strict=True)
     assert target[0].hold_uniform is True
 
@@ -368,17 +376,17 @@ def test_build_attention_kinds_and_unknown_kind() -> None:
     }
     assert ATTENTION_KINDS == tuple(expected)
     for kind, cls in expected.items():
-        m = build_attention(kind, 5, 3)
+        m = build_attention(kind, 5, 3, **options())
         assert type(m) is cls and m.kind == kind
     with pytest.raises(ConfigError) as info:
-        build_attention("multihead", 5, 3)
+        build_attention("multihead", 5, 3, **options())
     message = str(info.value)
     assert "\n" not in message and "'multihead'" in message
     assert all(kind in message for kind in ATTENTION_KINDS)
 
 
 def test_wrong_shapes_are_refused() -> None:
-    m = build_attention("dot_product", 4, 3)
+    m = build_attention("dot_product", 4, 3, **options())
     with pytest.raises(ValueError, match="context"):
         m(torch.randn(2, 5), torch.randn(2, 3, 3))
     with pytest.raises(ValueError, match="features"):

@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from conftest import compose_config, experiment_names
-from wsa_lab.config import validate
+from wsa_lab.config.validate import validate
 from wsa_lab.errors import ConfigError
 from wsa_lab.train import make_agent, make_env
 
@@ -166,6 +166,7 @@ def test_typo_on_the_cli_is_caught_by_hydra(tmp_path: Path):
         (["env.image_size=16"], "env.image_size=16) is too small for PTM 'resnet18_imagenet' (resnet18)"),
         (["experiment=phase1_baseline", "env.image_size=16"], "raster_size=16 (default: env.image_size) is too small"),
         (["actor_critic.standard.weights=imagnet", "experiment=phase1_baseline"], "weights must be one of"),
+        (["~actor_critic.hidden_dim"], "actor_critic: missing required key 'hidden_dim'"),
     ],
 )
 def test_invalid_values_are_one_line_errors(overrides: list[str], match: str, tmp_path: Path):
@@ -203,8 +204,8 @@ def test_explicit_list_and_ptm_group_together_is_an_error(tmp_path: Path):
 
 @pytest.mark.parametrize("file", ["env/coverage.yaml", "env/gym.yaml"])
 def test_an_env_configs_values_are_its_classes_defaults(file: str):
-    """Envs keep their constructor defaults (their Python and Gymnasium API: CoverageEnv(), gymnasium.make); the
-    env's config file states the same values, and this keeps the two from drifting apart."""
+    """An env class's constructor defaults are its config file's values (CoverageEnv reads them from the file): a
+    default written again in code would drift apart from the documented one."""
     import inspect
 
     from hydra.utils import get_object
@@ -219,3 +220,22 @@ def test_an_env_configs_values_are_its_classes_defaults(file: str):
         else:
             default = params[key].default
             assert ({} if default is None and value == {} else default) == value, key  # kwargs: None means {}
+
+
+def test_envs_built_without_hydra_take_the_config_files_values():
+    """`CoverageEnv(num_envs=...)` and `gymnasium.make("wsa_lab/Coverage-v0")` (no Hydra) get conf/env/coverage.yaml's
+    values, the one place they are written."""
+    import gymnasium
+
+    from wsa_lab.conf_files import yaml_defaults
+    from wsa_lab.envs import GYM_ENV_ID, CoverageEnv
+
+    values = yaml_defaults("env/coverage.yaml")
+    assert values["num_nodes"] == 50 and values["knn_k"] == 8  # the file's values, unchanged by this refactor
+    gym_env = gymnasium.make(GYM_ENV_ID)
+    try:
+        for env in (CoverageEnv(num_envs=1), gym_env.unwrapped.env):
+            assert {key: getattr(env, key) for key in values} == values
+        assert gym_env.observation_space["positions"].shape == (values["num_nodes"], 2)
+    finally:
+        gym_env.close()

@@ -17,7 +17,8 @@ from wsa_lab.models import build_actor_critic
 from wsa_lab.models.attention import ATTENTION_KINDS
 from wsa_lab.rl import PPO
 from wsa_lab.tracking import read_metrics
-from wsa_lab.tracking.health import FeatureHealth, HealthConfig
+from wsa_lab.config.schema import HealthConfig
+from wsa_lab.tracking.health import FeatureHealth
 from wsa_lab.train import train
 
 GRAPH_PTMS = [

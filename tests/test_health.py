@@ -11,7 +11,9 @@ import pytest
 
 from conftest import compose_config, from_yaml
 from wsa_lab.errors import ConfigError
-from wsa_lab.tracking import AttentionHealth, HealthConfig, Tracker, build_tracker, classify, logger_settings, read_metrics
+from wsa_lab.config.schema import HealthConfig
+from wsa_lab.config.validate import logger_settings
+from wsa_lab.tracking import AttentionHealth, Tracker, build_tracker, classify, read_metrics
 from wsa_lab.tracking.health import STATES
 
 

@@ -48,7 +48,7 @@ def wsa_agent(fusion: str = "wsa", ptms=SEED_PTMS, **kwargs):
 
 def test_attention_weights_sum_to_one_and_fuse_features():
     torch.manual_seed(0)
-    attn = WeightSharingAttention(context_dim=5, feature_dim=7, hidden_dim=16, dropout=0.0)
+    attn = WeightSharingAttention(context_dim=5, feature_dim=7, hidden_dim=16, dropout=0.0, temperature=1.0, uniform_init=False)
     context, features = torch.randn(3, 5), torch.randn(3, 4, 7)
     fused, weights = attn(context, features)
     assert weights.shape == (3, 4) and fused.shape == (3, 7)
@@ -272,7 +272,10 @@ def test_gradient_checkpointing_gives_identical_gradients(obs):
     grads = []
     for min_nodes in (10_000, 0):  # off, then on (obs has 20 nodes)
         torch.manual_seed(0)
-        ptm = PreTrainedModelWrapper(spec, feature_dim=8, node_feature_dim=6, checkpoint_min_nodes=min_nodes)
+        ptm = PreTrainedModelWrapper(
+            spec, feature_dim=8, node_feature_dim=6, graph_hidden_dim=64, weights_dir=None, checkpoint_min_nodes=min_nodes,
+            image_channels=3, image_size=None, edge_dim=0, adapter="relu",
+        )
         ptm.eval()  # BatchNorm running stats would otherwise update twice under recomputation
         ptm(StateInputs.from_batch(obs)).sum().backward()
         grads.append(ptm.backbone.conv1.weight.grad.clone())

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from conftest import REPO, compose_config, subprocess_env
 from test_train import TINY
 from wsa_lab.checkpoint import load_checkpoint
-from wsa_lab.config import config_dir
+from wsa_lab.conf_files import config_dir
 from wsa_lab.errors import ConfigError, WeightsNotFoundError
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper
@@ -48,7 +48,7 @@ def test_a_pretrained_frozen_ptm_is_the_checkpoints_encoder(tmp_path: Path, ptm:
     # ... and what it computes on some states is the checkpoint's encoder on them: a module built on its own
     # (no weights_path), given the file's tensors by hand
     fresh = PreTrainedModelWrapper(
-        dataclasses.replace(wrapper.spec, weights_path=None, made_by=None), 128, 6, 64, None, 500, 3, 32, 1
+        dataclasses.replace(wrapper.spec, weights_path=None, made_by=None), 128, 6, 64, None, 500, 3, 32, 1, "relu"
     ).eval()
     fresh.backbone.load_state_dict(weights, strict=True)
     inputs = StateInputs.from_batch(env.reset(seed=5))

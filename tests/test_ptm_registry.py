@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from conftest import REPO, actor_critic_kwargs, coverage_specs, subprocess_env
-from wsa_lab.config import config_dir
+from wsa_lab.conf_files import config_dir
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError, WeightsNotFoundError
 from wsa_lab.models import build_actor_critic

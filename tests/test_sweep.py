@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from test_cli import wsa_lab
 from test_train import TINY
-from wsa_lab.config import config_dir
+from wsa_lab.conf_files import config_dir
 
 FAIL_FAST = ["env.num_sites=99"]  # every job fails at start-up (num_sites >= num_nodes): a cheap way to list a grid
 

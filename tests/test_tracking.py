@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import compose_config, from_yaml, subprocess_env
+from wandb_records import offline_run_files, read_offline_run, read_records
+from wsa_lab.config.schema import WandbConfig
+from wsa_lab.config.validate import logger_settings
 from wsa_lab.errors import ConfigError
-from wsa_lab.tracking import Continuation, Tracker, build_tracker, logger_settings, read_metrics
-from wsa_lab.tracking.settings import WandbConfig
+from wsa_lab.tracking import Continuation, Tracker, build_tracker, read_metrics
 from wsa_lab.tracking.wandb_backend import RUN_ID_FILE, TrackingError
-from wsa_lab.tracking.wandb_records import offline_run_files, read_offline_run, read_records
 from wsa_lab.train import train
 
 MICRO = [
@@ -84,7 +85,7 @@ def test_tiny_training_logs_to_offline_wandb_and_tensorboard(tmp_path: Path, cap
     assert any(m.glob_name == "*" and m.step_metric == "global_step" for m in metric_defs)
 
     # --- the documented one-liner: the summary, or one series, not the whole record dump
-    from wsa_lab.tracking.wandb_records import main as wandb_records
+    from wandb_records import main as wandb_records
 
     assert wandb_records([str(out)]) == 0
     shown = capsys.readouterr().out

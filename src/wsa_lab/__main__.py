@@ -82,7 +82,7 @@ def unknown_override(args: list[str]) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from wsa_lab.schema import unknown_key_error
+    from wsa_lab.config.strict import unknown_key_error
 
     root = config_dir()
     extra_dirs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("--config-dir", "-cd")]

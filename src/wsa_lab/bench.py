@@ -105,7 +105,7 @@ def compose(overrides: list[str], output_dir: str) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from wsa_lab.config import config_dir
+    from wsa_lab.conf_files import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose("config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
@@ -128,7 +128,7 @@ class TimedEnv:
 
 
 def build_arm(name: str, overrides: list[str], device: str, workdir: str) -> Arm:
-    from wsa_lab.config import validate
+    from wsa_lab.config.validate import validate
     from wsa_lab.rl import PPO
     from wsa_lab.seeding import deterministic_kernels, seed_everything
     from wsa_lab.train import make_agent, make_env
@@ -239,7 +239,7 @@ def peak_rss_subprocess(overrides: list[str], device: str) -> dict[str, float]:
 def probe_memory(spec: str) -> None:
     """Child side of `peak_rss_subprocess`: print {rss_start_mib, estimate_mib, rss_build_mib, rss_peak_mib,
     update_s} as JSON (`estimate_mib`: the start-up memory estimate of wsa_lab.resources for this config)."""
-    from wsa_lab.config import env_target, validate
+    from wsa_lab.config.validate import env_target, validate
     from wsa_lab.resources import estimate_memory
     from wsa_lab.train import make_env
 
@@ -294,7 +294,7 @@ class CountedReferences:
 
 def reference_check(arm: Arm, overrides: list[str], workdir: str, evaluations: int = 3) -> dict[str, Any]:
     """Build the run's Evaluator and evaluate several times: the references are computed only at construction."""
-    from wsa_lab.config import validate
+    from wsa_lab.config.validate import validate
     from wsa_lab.rl import Evaluator
     from wsa_lab.train import make_env
 

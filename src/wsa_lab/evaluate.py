@@ -33,7 +33,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab import stats
 from wsa_lab.checkpoint import load_checkpoint
-from wsa_lab.config import config_dir, resolve_device
+from wsa_lab.conf_files import config_dir
+from wsa_lab.config.validate import resolve_device
 from wsa_lab.contract import ActionSpec, ObservationSpec, ratio_to_reference, specs
 from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 from wsa_lab.errors import ConfigError, WsaLabError
@@ -41,7 +42,7 @@ from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
 from wsa_lab.models.weights import weights_from_checkpoint
 from wsa_lab.rl.evaluation import headline_metric, play
-from wsa_lab.schema import structured, unknown_key_error
+from wsa_lab.config.strict import structured, unknown_key_error
 from wsa_lab.seeding import deterministic_kernels
 from wsa_lab.train import make_agent, make_env
 

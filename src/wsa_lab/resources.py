@@ -131,7 +131,7 @@ def _ptm_params(entry: dict[str, Any]) -> int:
 
 
 def estimate_memory(cfg: DictConfig, settings: Any, make_env: Callable[..., Any], target: Any) -> Estimate:
-    """The run's memory estimate (see the module docstring)."""
+    """The run's memory estimate (see the module docstring) of a config `validate` passed (every key present)."""
     algo, ev = settings.algo, settings.evaluation
     est = Estimate()
     train_env = _env_profile(cfg, make_env, target, algo.num_envs)
@@ -146,10 +146,10 @@ def estimate_memory(cfg: DictConfig, settings: Any, make_env: Callable[..., Any]
     entries = list(wsa.get("pretrained_models") or []) if wsa.get("enabled", True) else []
     minibatch = max(1, samples // algo.num_minibatches)
     nodes = train_env["nodes"]
-    gnn_floats = int(ac.get("hidden_dim", 64)) * (int(ac.get("gnn_layers", 2)) + 1) * 3
+    gnn_floats = int(ac.hidden_dim) * (int(ac.gnn_layers) + 1) * 3
     graph_ptms = sum(1 for e in entries if not _reads_image(e))
-    gnn_floats += graph_ptms * int(ac.get("graph_cnn_hidden_dim", 64)) * 4 * 3
-    pixels = train_env.get("image_pixels") or int(ac.get("raster_size", 32)) ** 2
+    gnn_floats += graph_ptms * int(ac.graph_cnn_hidden_dim) * 4 * 3
+    pixels = train_env.get("image_pixels") or int(ac.raster_size) ** 2
     cnn_floats = 0
     params = 0
     trainable = 0

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from wsa_lab.checkpoint import LAST, PREVIOUS, load_latest, save_rotating
-from wsa_lab.config import env_target, validate
+from wsa_lab.config.validate import env_target, validate
 from wsa_lab.contract import VectorGraphEnv, specs
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.files import write_text_atomic

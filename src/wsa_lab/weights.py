@@ -48,7 +48,7 @@ def _download_url_to_file(url: str, dst: str, hash_prefix: Optional[str]) -> Non
 
 def shipped_models() -> list[tuple[str, str]]:
     """(model_type, weights) of the shipped PTM configs that load a torchvision weight file, in file order."""
-    from wsa_lab.config import config_dir
+    from wsa_lab.conf_files import config_dir
 
     found: list[tuple[str, str]] = []
     for path in sorted((config_dir() / "ptm").glob("*.yaml")):

@@ -32,7 +32,7 @@ from torch import Tensor
 from wsa_lab.contract.batch import GraphBatch, offsets
 from wsa_lab.contract.spaces import GRAPH_KEY, ActionSpec, ObservationSpec, action_spec, observation_spec
 from wsa_lab.errors import ConfigError, EnvContractError, EnvError
-from wsa_lab.schema import unknown_key_error
+from wsa_lab.config.strict import unknown_key_error
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from wsa_lab.conf_files import yaml_defaults
 from wsa_lab.contract import GraphBatch
 
 from .geometry import squared_distances, within_radius
@@ -27,6 +28,10 @@ from .render import render_image
 
 #: Coverage's reference policies, the first one is the headline (``eval/greedy_ratio``).
 REFERENCE_NAMES = ("greedy", "random")
+
+#: The instance settings of conf/env/coverage.yaml, where they are documented: the one place of their defaults,
+#: for code that builds the env without Hydra (``CoverageEnv(num_envs=4)``, ``gymnasium.make("wsa_lab/Coverage-v0")``).
+DEFAULTS: dict[str, Any] = yaml_defaults("env/coverage.yaml")
 
 
 def coverage_spaces(num_nodes: int, image_size: int) -> tuple[spaces.Dict, spaces.Dict]:
@@ -65,6 +70,8 @@ class CoverageEnv:
     ``episode_return`` ``[B]``, ``ended`` ``[B]`` bool (only ever True with
     ``autoreset=False``: the env finished its episode and waits for a reset).
 
+    The instance settings default to conf/env/coverage.yaml's values (:data:`DEFAULTS`).
+
     Args:
         num_envs: batch size B of freshly generated instances.
         num_nodes: nodes per generated instance N.
@@ -90,18 +97,18 @@ class CoverageEnv:
     def __init__(
         self,
         num_envs: int = 16,
-        num_nodes: int = 50,
-        num_sites: int = 5,
-        num_clusters: int = 3,
-        cluster_std: float = 0.08,
-        background_frac: float = 0.3,
-        knn_k: int = 8,
-        r_min: float = 0.05,
-        r_max: float = 0.4,
-        cost: float = 1.0,
-        image_size: int = 32,
-        max_episode_steps: int | None = None,
-        greedy_radius_grid: int = 11,
+        num_nodes: int = DEFAULTS["num_nodes"],
+        num_sites: int = DEFAULTS["num_sites"],
+        num_clusters: int = DEFAULTS["num_clusters"],
+        cluster_std: float = DEFAULTS["cluster_std"],
+        background_frac: float = DEFAULTS["background_frac"],
+        knn_k: int = DEFAULTS["knn_k"],
+        r_min: float = DEFAULTS["r_min"],
+        r_max: float = DEFAULTS["r_max"],
+        cost: float = DEFAULTS["cost"],
+        image_size: int = DEFAULTS["image_size"],
+        max_episode_steps: int | None = DEFAULTS["max_episode_steps"],
+        greedy_radius_grid: int = DEFAULTS["greedy_radius_grid"],
         autoreset: bool = True,
         device: str | torch.device = "cpu",
         seed: int = 0,
@@ -161,7 +168,8 @@ class CoverageEnv:
 
     @classmethod
     def memory_estimate(
-        cls, num_envs: int, num_nodes: int = 50, num_sites: int = 5, knn_k: int = 8, image_size: int = 32, **_: Any
+        cls, num_envs: int, num_nodes: int = DEFAULTS["num_nodes"], num_sites: int = DEFAULTS["num_sites"],
+        knn_k: int = DEFAULTS["knn_k"], image_size: int = DEFAULTS["image_size"], **_: Any,
     ) -> dict[str, float]:
         """Bytes of one observation and of one env's state, and the peak of building `num_envs` at once (the kNN
         distances of a chunk of instances, N^2 floats each), for the start-up memory check (wsa_lab.resources)."""

@@ -35,47 +35,16 @@ class CoverageGymEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def __init__(
-        self,
-        num_nodes: int = 50,
-        num_sites: int = 5,
-        num_clusters: int = 3,
-        cluster_std: float = 0.08,
-        background_frac: float = 0.3,
-        knn_k: int = 8,
-        r_min: float = 0.05,
-        r_max: float = 0.4,
-        cost: float = 1.0,
-        image_size: int = 32,
-        max_episode_steps: int | None = None,
-        seed: int = 0,
-        greedy_radius_grid: int = 11,
-        render_mode: str | None = None,
-    ) -> None:
+    def __init__(self, seed: int = 0, render_mode: str | None = None, **settings: Any) -> None:
+        """`settings`: :class:`CoverageEnv`'s instance settings (num_nodes, num_sites, ..., the keys of
+        conf/env/coverage.yaml); those not given keep that file's values."""
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
         self.render_mode = render_mode
-        self.env = CoverageEnv(
-            num_envs=1,
-            num_nodes=num_nodes,
-            num_sites=num_sites,
-            num_clusters=num_clusters,
-            cluster_std=cluster_std,
-            background_frac=background_frac,
-            knn_k=knn_k,
-            r_min=r_min,
-            r_max=r_max,
-            cost=cost,
-            image_size=image_size,
-            max_episode_steps=max_episode_steps,
-            greedy_radius_grid=greedy_radius_grid,
-            autoreset=False,
-            device="cpu",
-            seed=seed,
-        )
+        self.env = CoverageEnv(num_envs=1, autoreset=False, device="cpu", seed=seed, **settings)
         self._np_random, self._np_random_seed = seeding.np_random(seed)
 
-        self.observation_space, self.action_space = coverage_spaces(num_nodes, image_size)
+        self.observation_space, self.action_space = coverage_spaces(self.env.num_nodes, self.env.image_size)
 
     reference_names = REFERENCE_NAMES
 

@@ -97,7 +97,7 @@ class Condition:
 # ---------------------------------------------------------------------------------------------- resolving
 def _is_coverage(env: Mapping[str, Any]) -> bool:
     """Whether ``env._target_`` names the built-in coverage env (or a subclass)."""
-    from wsa_lab.config import env_target  # imports the models: not at import time of wsa_lab.envs
+    from wsa_lab.config.validate import env_target  # imports the models: not at import time of wsa_lab.envs
 
     target = env_target(OmegaConf.create({"_target_": env.get("_target_")}))
     return isinstance(target, type) and issubclass(target, CoverageEnv)
@@ -144,7 +144,7 @@ def _scaled(current: Any, factor: Any, where: str) -> Any:
 
 def _check_top_keys(keys: list[str], env: Mapping[str, Any], where: str) -> None:
     """A condition may not touch what wsa_lab sets, nor a key the env's class does not take (did-you-mean)."""
-    from wsa_lab.config import ENV_KWARGS_SET_BY_WSA_LAB, check_kwargs, env_target
+    from wsa_lab.config.validate import ENV_KWARGS_SET_BY_WSA_LAB, check_kwargs, env_target
 
     for key in keys:
         if key in ENV_KWARGS_SET_BY_WSA_LAB or key == "_target_":
@@ -213,7 +213,7 @@ def build_conditions(
     overrides: Optional[Mapping[str, Any]] = None,
 ) -> list[Condition]:
     """Every condition of a suite, resolved against ``base_env``, in the suite's order."""
-    from wsa_lab.schema import structured
+    from wsa_lab.config.strict import structured
 
     if isinstance(conditions, DictConfig):
         conditions = OmegaConf.to_container(conditions, resolve=True)

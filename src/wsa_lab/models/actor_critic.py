@@ -19,7 +19,7 @@ from wsa_lab.models.heads import HybridAction, HybridActionHead, mlp
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
 from wsa_lab.errors import ConfigError
-from wsa_lab.schema import check_range, structured
+from wsa_lab.config.strict import check_range, structured
 
 
 @dataclass

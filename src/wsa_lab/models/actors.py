@@ -25,7 +25,8 @@ class StandardActor(nn.Module):
 
     Node embeddings are projected to 3 channels (so ImageNet weights apply unchanged), averaged into a
     `grid_size` grid by node position, normalised like ImageNet images and passed through the ResNet.
-    Gradients reach the GNN through the ResNet even when its weights are frozen.
+    Gradients reach the GNN through the ResNet even when its weights are frozen. The arguments are keys of
+    `actor_critic` (and `actor_critic.standard`) in conf/actor_critic/default.yaml, where their defaults live.
 
     Shapes:
         - input: :class:`StateInputs`
@@ -37,12 +38,12 @@ class StandardActor(nn.Module):
         encoder: StateEncoder,
         grid_size: int,
         feature_dim: int,
-        model_type: str = "resnet18",
-        weights: str = "imagenet",
-        freeze_backbone: bool = False,
-        weights_path: str | None = None,
-        weights_dir: str | None = None,
-        checkpoint_min_nodes: int = 500,
+        model_type: str,
+        weights: str,
+        freeze_backbone: bool,
+        weights_path: Optional[str],
+        weights_dir: Optional[str],
+        checkpoint_min_nodes: int,
     ) -> None:
         super().__init__()
         self.encoder = encoder

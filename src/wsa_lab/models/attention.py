@@ -100,7 +100,7 @@ class FusionAttention(nn.Module):
 
     kind: str = ""
 
-    def __init__(self, context_dim: int, feature_dim: int, temperature: float = 1.0) -> None:
+    def __init__(self, context_dim: int, feature_dim: int, temperature: float) -> None:
         super().__init__()
         self.context_dim = context_dim
         self.feature_dim = feature_dim
@@ -170,7 +170,7 @@ class WeightSharingAttention(FusionAttention):
     The same :math:`W, b, v` score every PTM ("weight sharing"), so the module's size does not grow with
     P and the weights :math:`\alpha` are comparable across PTMs: they say how much each PTM contributes
     in this state. Dropout acts on the hidden layer of the scoring MLP. :math:`C \ne F` is fine (W takes
-    C+F inputs). With the default :math:`\tau = 1` the numbers are those of the original wsa_lab module
+    C+F inputs). With :math:`\tau = 1` the numbers are those of the original wsa_lab module
     for the same seed (same parameters, created in the same order).
 
     ``uniform_init=True`` zeroes :math:`v`, so :math:`e_i = 0` and :math:`\alpha_i = 1/P` exactly for every
@@ -196,10 +196,10 @@ class WeightSharingAttention(FusionAttention):
         self,
         context_dim: int,
         feature_dim: int,
-        hidden_dim: int = 128,
-        dropout: float = 0.1,
-        temperature: float = 1.0,
-        uniform_init: bool = False,
+        hidden_dim: int,
+        dropout: float,
+        temperature: float,
+        uniform_init: bool,
     ) -> None:
         super().__init__(context_dim, feature_dim, temperature)
         self.score = nn.Sequential(
@@ -254,7 +254,7 @@ class ReluSoftmaxAttention(FusionAttention):
     kind = "relu_softmax"
 
     def __init__(
-        self, context_dim: int, feature_dim: int, temperature: float = 1.0, uniform_init: bool = False
+        self, context_dim: int, feature_dim: int, temperature: float, uniform_init: bool
     ) -> None:
         super().__init__(context_dim, feature_dim, temperature)
         self.score = nn.Linear(context_dim + feature_dim, 1)
@@ -313,7 +313,7 @@ class ReluSumAttention(FusionAttention):
     kind = "relu_sum"
 
     def __init__(
-        self, context_dim: int, feature_dim: int, temperature: float = 1.0, uniform_init: bool = False
+        self, context_dim: int, feature_dim: int, temperature: float, uniform_init: bool
     ) -> None:
         if _check_temperature(temperature) != 1.0:
             raise ConfigError(
@@ -373,7 +373,7 @@ class DotProductAttention(FusionAttention):
     kind = "dot_product"
 
     def __init__(
-        self, context_dim: int, feature_dim: int, temperature: float = 1.0, uniform_init: bool = False
+        self, context_dim: int, feature_dim: int, temperature: float, uniform_init: bool
     ) -> None:
         super().__init__(context_dim, feature_dim, temperature)
         self.query = nn.Linear(context_dim, feature_dim)
@@ -400,12 +400,13 @@ def build_attention(
     kind: str,
     context_dim: int,
     feature_dim: int,
-    hidden_dim: int = 128,
-    dropout: float = 0.1,
-    temperature: float = 1.0,
-    uniform_init: bool = False,
+    hidden_dim: int,
+    dropout: float,
+    temperature: float,
+    uniform_init: bool,
 ) -> FusionAttention:
-    """The fusion attention of `kind` (one of :data:`ATTENTION_KINDS`).
+    """The fusion attention of `kind` (one of :data:`ATTENTION_KINDS`), from the keys of the `attention` config
+    group (conf/attention/*.yaml, where their defaults live).
 
     ``hidden_dim`` and ``dropout`` are used by ``additive`` only (the other variants have no hidden
     layer, and their references use no dropout on the weights, which would break "rows sum to 1").

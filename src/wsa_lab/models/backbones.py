@@ -175,7 +175,7 @@ def build_backbone(
     edge_dim: int = 0,
     image_channels: int = 3,
     image_size: Optional[int] = None,
-    graph_hidden_dim: int = 64,
+    graph_hidden_dim: int,
     weights_dir: Optional[str] = None,
 ) -> Backbone:
     """The backbone of a :class:`~wsa_lab.models.PTMSpec` (validated there), sized from the env's inputs."""

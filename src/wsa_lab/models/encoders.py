@@ -100,7 +100,7 @@ class StateEncoder(nn.Module):
         - output: node embeddings :math:`(B \cdot N, D)`, context :math:`(B, D_{ctx})`
     """
 
-    def __init__(self, in_channels: int, hidden_dim: int = 64, num_layers: int = 2, context_dim: int = 64) -> None:
+    def __init__(self, in_channels: int, hidden_dim: int, num_layers: int, context_dim: int) -> None:
         super().__init__()
         self.gnn = GCNStack(in_channels, hidden_dim, num_layers)
         self.context = nn.Sequential(nn.Linear(2 * hidden_dim, context_dim), nn.ReLU())
@@ -122,7 +122,7 @@ class GraphCNN(nn.Module):
         - output: :math:`(B, 2 \cdot F_{hid})`
     """
 
-    def __init__(self, in_channels: int, hidden_dim: int = 64, num_layers: int = 3) -> None:
+    def __init__(self, in_channels: int, hidden_dim: int, num_layers: int = 3) -> None:
         super().__init__()
         self.gnn = GCNStack(in_channels, hidden_dim, num_layers)
         self.out_dim = 2 * hidden_dim

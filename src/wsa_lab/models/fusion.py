@@ -48,10 +48,10 @@ class MultiPTMFeatureExtractor(nn.Module):
         ptms: list[PreTrainedModelWrapper],
         context_dim: int,
         feature_dim: int,
-        fusion: str = "wsa",
-        attention: Optional[FusionAttention] = None,
-        context_ptm: Optional[int] = None,
-        adapter: str = "relu",
+        fusion: str,
+        attention: Optional[FusionAttention],
+        context_ptm: Optional[int],
+        adapter: str,
     ) -> None:
         super().__init__()
         if not ptms:

@@ -136,13 +136,13 @@ class PreTrainedModelWrapper(nn.Module):
         spec: PTMSpec,
         feature_dim: int,
         node_feature_dim: int,
-        graph_hidden_dim: int = 64,
-        weights_dir: str | None = None,
-        checkpoint_min_nodes: int = 500,
-        image_channels: int = 3,
-        image_size: int | None = None,
-        edge_dim: int = 0,
-        adapter: str = "relu",
+        graph_hidden_dim: int,
+        weights_dir: str | None,
+        checkpoint_min_nodes: int,
+        image_channels: int,
+        image_size: int | None,
+        edge_dim: int,
+        adapter: str,
     ) -> None:
         super().__init__()
         self.spec = spec

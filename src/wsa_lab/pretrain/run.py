@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wsa_lab.checkpoint import load_latest, save_checkpoint, save_rotating
-from wsa_lab.config import resolve_device
+from wsa_lab.config.validate import resolve_device
 from wsa_lab.contract import GraphBatch, specs
 from wsa_lab.errors import ConfigError
 from wsa_lab.files import write_text_atomic
@@ -35,7 +35,7 @@ from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
 from wsa_lab.pretrain.collect import collect_states, images_of
 from wsa_lab.pretrain.objectives import OBJECTIVES, GraphInfomax, ImageAutoencoder
 from wsa_lab.resume import StopSignals, config_differences
-from wsa_lab.schema import structured
+from wsa_lab.config.strict import structured
 from wsa_lab.seeding import seed_everything
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         image_channels = obs_spec.image_shape[0] if obs_spec.has_image else obs_spec.node_feature_dim
         ptm = PreTrainedModelWrapper(
             spec, int(cfg.actor_critic.feature_dim), obs_spec.node_feature_dim, int(cfg.actor_critic.graph_cnn_hidden_dim),
-            None, 10**9, image_channels, image_side, obs_spec.edge_feature_dim,
+            None, 10**9, image_channels, image_side, obs_spec.edge_feature_dim, str(cfg.actor_critic.wsa.adapter),
         ).to(device)
         ptm.backbone.requires_grad_(True)  # frozen where it is used; trained here
         raster = None

@@ -20,7 +20,7 @@ from wsa_lab.errors import EnvError, TrainingDivergedError
 from wsa_lab.models import ActorCritic, HybridAction
 from wsa_lab.models.attention import feature_norm_imbalance, feature_similarity
 from wsa_lab.models.gpu import to_host
-from wsa_lab.rl.config import PPOConfig
+from wsa_lab.config.schema import PPOConfig
 
 
 def compute_gae(

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from wsa_lab.errors import ConfigError
+from wsa_lab.config.schema import HealthConfig
 
 log = logging.getLogger("wsa_lab")
 
@@ -43,49 +43,6 @@ STATES = ("balanced", "skewed", "collapsed", "static", "noisy")
 """Logged as `wsa/health/state` = the index in this tuple."""
 WARNING_STATES = ("collapsed", "static", "noisy")
 UNKNOWN = "unknown"  # fewer than `min_points` iterations seen
-
-
-@dataclass
-class HealthConfig:
-    window: int
-    """PPO iterations in the sliding window"""
-    min_points: int
-    """no verdict before this many iterations (state `unknown`)"""
-    collapse_threshold: float
-    """collapsed: one PTM's mean weight over the window is above this"""
-    static_tolerance: float
-    """static: no PTM's weight moves by more than this over the window (max - min)"""
-    noise_threshold: float
-    """noisy: a weight's jitter around its own smooth trend (std, see the module docstring) is above this"""
-    balanced_low: float
-    """balanced: every PTM's mean weight >= balanced_low / P (P=3: 20%)"""
-    balanced_high: float
-    """balanced: every PTM's mean weight <= balanced_high / P (P=3: 40%)"""
-    warn: bool
-    """print one line when the state changes (warnings for collapsed, static, noisy)"""
-    similarity_threshold: float
-    """near-identical PTMs: the mean cosine similarity of two PTMs' adapted features is above this"""
-    norm_imbalance_threshold: float
-    """imbalanced feature norms: the largest PTM's mean feature norm is more than this times the smallest's"""
-
-    def __post_init__(self) -> None:
-        if not 3 <= self.min_points <= self.window:
-            raise ConfigError(
-                f"logger.health: need 3 <= min_points <= window; got window={self.window}, "
-                f"min_points={self.min_points}"
-            )
-        if not 0 < self.collapse_threshold <= 1:
-            raise ConfigError(f"logger.health.collapse_threshold must be in (0, 1]; got {self.collapse_threshold}")
-        if self.static_tolerance < 0 or self.noise_threshold < 0:
-            raise ConfigError("logger.health: static_tolerance and noise_threshold must be >= 0")
-        if not -1 <= self.similarity_threshold <= 1:
-            raise ConfigError(f"logger.health.similarity_threshold must be in [-1, 1]; got {self.similarity_threshold}")
-        if not self.norm_imbalance_threshold >= 1:
-            raise ConfigError(f"logger.health.norm_imbalance_threshold must be >= 1; got {self.norm_imbalance_threshold}")
-        if not 0 <= self.balanced_low <= 1 <= self.balanced_high:
-            raise ConfigError(
-                "logger.health: balanced_low must be in [0, 1] and balanced_high >= 1 (multiples of the uniform share 1/P)"
-            )
 
 
 @dataclass

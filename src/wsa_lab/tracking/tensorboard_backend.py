@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import torch
 
 from wsa_lab.errors import ConfigError
-from wsa_lab.tracking.settings import RunIdentity, TensorBoardConfig
+from wsa_lab.config.schema import TensorBoardConfig
+from wsa_lab.tracking.identity import RunIdentity
 
 if TYPE_CHECKING:
     from wsa_lab.tracking.tracker import Continuation

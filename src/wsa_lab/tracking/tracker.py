@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsa_lab.tracking.health import AttentionHealth, FeatureHealth
 from wsa_lab.tracking.metrics import MetricsWriter, read_metrics, write_json_atomic
-from wsa_lab.tracking.settings import logger_settings, run_identity
+from wsa_lab.config.validate import logger_settings
+from wsa_lab.tracking.identity import run_identity
 
 log = logging.getLogger("wsa_lab")
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import torch
 
 from wsa_lab.errors import WsaLabError
-from wsa_lab.tracking.settings import RunIdentity, WandbConfig
+from wsa_lab.config.schema import WandbConfig
+from wsa_lab.tracking.identity import RunIdentity
 
 if TYPE_CHECKING:
     from wsa_lab.tracking.tracker import Continuation

@@ -1,9 +1,16 @@
-"""Strict conversion of config mappings to dataclasses: unknown keys and wrong types are one-line errors."""
+"""Strict conversion of config sections to their dataclasses (`wsa_lab.config.schema`): unknown keys and wrong
+types are one-line errors.
+
+Hydra's ConfigStore can type-check a section against a dataclass too, but its errors are multi-line
+(full_key/object_type blocks) with no did-you-mean for a misspelt key, and it checks no ranges; here each
+failure is one line naming the key, and `check_range` covers NaN and the bounds.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -92,8 +99,6 @@ def check_range(
     """
     if value is None and none_ok:
         return
-    import math
-
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{where} must be a finite number, got {value!r}")
     parts = []

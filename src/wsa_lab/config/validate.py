@@ -1,78 +1,31 @@
-"""Config plumbing: where `conf/` is, OmegaConf resolvers, and start-up validation of the composed config."""
+"""Start-up validation of a composed config: `validate(cfg) -> RunSettings`, every check one line that names the
+key and the fix (the sections' dataclasses and their range checks: `wsa_lab.config.schema`)."""
 
 from __future__ import annotations
 
 import inspect
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from wsa_lab.conf_files import config_dir  # noqa: F401 - imported from here by callers
+from wsa_lab.conf_files import yaml_defaults
+from wsa_lab.config.schema import (
+    CheckpointConfig, ConsoleConfig, EvaluationConfig, HealthConfig, LoggerSettings, PPOConfig, RunSettings,
+    TensorBoardConfig, WandbConfig,
+)
+from wsa_lab.config.strict import MAX_SEED, structured, unknown_key_error
 from wsa_lab.errors import ConfigError
 from wsa_lab.guard import check_name, check_output_dir, check_secrets
-from wsa_lab.tracking.settings import logger_settings
-from wsa_lab.tracking.wandb_backend import check_reachable
 from wsa_lab.models import build_actor_critic
-from wsa_lab.rl.config import PPOConfig
-from wsa_lab.schema import MAX_SEED, check_range, structured, unknown_key_error
 
 ROOT_KEYS = (
     "name", "phase", "seed", "device", "deterministic", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
     "paths", "evaluation", "checkpoint", "resume",
 )
-
-
-def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> ListConfig:
-    """`${wsa_lab.ptm_list:${ptm},${ptm_count}}`: the `ptm` group's entries in order, the first `count` if set.
-
-    A ListConfig, not a list: `OmegaConf.resolve` (what `--cfg job --resolve` runs) can only put a config
-    node in place of the interpolation.
-    """
-    entries = list(OmegaConf.to_container(pool, resolve=True).values()) if isinstance(pool, DictConfig) else list((pool or {}).values())
-    return OmegaConf.create(entries if count is None else entries[: int(count)])
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("wsa_lab.ptm_list"):
-        OmegaConf.register_new_resolver("wsa_lab.ptm_list", ptm_list)
-    if not OmegaConf.has_resolver("wsa_lab.pid"):
-        # `${wsa_lab.pid:}` in run/sweep folder names: cached like `${now:}`, so a sweep's jobs (also Slurm
-        # array tasks, whose pickled config carries the cache) see the submitting process's id
-        OmegaConf.register_new_resolver("wsa_lab.pid", os.getpid, use_cache=True)
-
-
-register_resolvers()
-
-
-@dataclass
-class EvaluationConfig:
-    interval: int  # evaluate every N PPO iterations (and after the last)
-    num_instances: int  # held-out episodes, the same for every run (fixed seed)
-    seed: int  # seed of the held-out episode set (not the run's seed)
-    metric: Optional[str]  # headline metric; null = eval/<first reference>_ratio, or eval/return
-
-    def __post_init__(self) -> None:
-        check_range("evaluation.interval", self.interval, ge=1)
-        check_range("evaluation.num_instances", self.num_instances, ge=1)
-        check_range("evaluation.seed", self.seed, ge=0, le=MAX_SEED)
-
-
-@dataclass
-class CheckpointConfig:
-    interval: int  # write checkpoints/last.pt every N PPO iterations (and after the last)
-
-    def __post_init__(self) -> None:
-        check_range("checkpoint.interval", self.interval, ge=1)
-
-
-@dataclass
-class ConsoleConfig:
-    progress_bar: bool
 
 
 def check_kwargs(target: Callable[..., Any], node: DictConfig, where: str, passed_in_code: tuple[str, ...] = ()) -> None:
@@ -88,6 +41,14 @@ def check_kwargs(target: Callable[..., Any], node: DictConfig, where: str, passe
             raise unknown_key_error(key, accepted, where)
 
 
+def check_required(target: Callable[..., Any], node: DictConfig, where: str, passed_in_code: tuple[str, ...] = ()) -> None:
+    """Fail on an argument `target` requires that the config section lacks (e.g. a key removed with `~key`)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for name, param in inspect.signature(target).parameters.items():
+        if param.kind in named and param.default is inspect.Parameter.empty and name not in (*passed_in_code, *node):
+            raise ConfigError(f"{where}: missing required key '{name}'")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -97,17 +58,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"device={name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from exc
-
-
-@dataclass
-class RunSettings:
-    """The validated, typed sections of a run's config that are not `_target_`s."""
-
-    algo: PPOConfig
-    evaluation: EvaluationConfig
-    checkpoint: CheckpointConfig
-    device: torch.device
-    deterministic: bool
 
 
 def validate(cfg: DictConfig) -> RunSettings:
@@ -129,11 +79,10 @@ def validate(cfg: DictConfig) -> RunSettings:
         device=resolve_device(str(cfg.device)),
         deterministic=cfg.get("deterministic", True),
     )
-    for name, sub in (cfg.logger or {}).items():
-        if name == "console":
-            structured(ConsoleConfig, sub, "logger.console")
     loggers = logger_settings(cfg)
     if loggers.wandb is not None and loggers.wandb.resolved_mode() == "online":
+        from wsa_lab.tracking.wandb_backend import check_reachable  # wsa_lab.tracking imports this module
+
         # before anything is written: wandb itself retries ~100 s without network
         check_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     pool = cfg.get("ptm") or {}
@@ -154,8 +103,11 @@ def validate(cfg: DictConfig) -> RunSettings:
             "both ptm=[...] and actor_critic.wsa.pretrained_models are set; use one: ptm=[] with an explicit "
             "pretrained_models list, or remove the list"
         )
-    check_kwargs(env_target(cfg.env), cfg.env, "env", ENV_KWARGS_SET_BY_WSA_LAB)
+    env = env_target(cfg.env)
+    check_kwargs(env, cfg.env, "env", ENV_KWARGS_SET_BY_WSA_LAB)
+    check_required(env, cfg.env, "env", ENV_KWARGS_SET_BY_WSA_LAB)
     check_kwargs(build_actor_critic, cfg.actor_critic, "actor_critic", ("observation_spec", "action_spec"))
+    check_required(build_actor_critic, cfg.actor_critic, "actor_critic", ("observation_spec", "action_spec"))
     _check_output_dir(Path(cfg.paths.output_dir))
     return settings
 
@@ -182,3 +134,29 @@ def _check_output_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the output folder {out}: {exc.strerror}; set hydra.run.dir to a writable folder") from exc
+
+
+def logger_settings(cfg: DictConfig) -> LoggerSettings:
+    """Validate `cfg.logger` (unknown keys, wrong types, secrets) and return the typed settings.
+
+    `logger.console` is checked here too (only the progress bar reads it, in train).
+    """
+    check_secrets(cfg)  # one place decides what a secret is (wsa_lab.guard)
+    node = cfg.get("logger") or {}
+    if "console" in node:
+        structured(ConsoleConfig, node["console"], "logger.console")
+    entries = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = ("console", "health", "wandb", "tensorboard")
+    for key in entries:
+        if key not in known:
+            raise unknown_key_error(key, list(known), "logger")
+    # health applies to every WSA run: not in the logger list, its file's values (the one place they live) still
+    # do, and `+logger.health.<key>=...` changes one of them
+    health = {**yaml_defaults("logger/health.yaml", "health"), **(entries.get("health") or {})}
+    settings = LoggerSettings(health=structured(HealthConfig, health, "logger.health"))
+    if "wandb" in entries:
+        settings.wandb = structured(WandbConfig, entries["wandb"], "logger.wandb")
+        settings.wandb.resolved_mode()  # a bad $WANDB_MODE fails here, at start-up
+    if "tensorboard" in entries:
+        settings.tensorboard = structured(TensorBoardConfig, entries["tensorboard"], "logger.tensorboard")
+    return settings

@@ -3,8 +3,8 @@
 The file is a LevelDB-style log: a 7-byte file header (`:W&B`, magic, version), then 32 KiB blocks of
 chunks, each with a 7-byte header (crc32, length, type: full / first / middle / last). Each reassembled
 record is a protobuf `wandb.proto.wandb_internal_pb2.Record` (wandb 0.31 has no offline reader of its own:
-`wandb.Api()` needs a server and `wandb sync --view` is gone). Used by the tests and handy
-for checking what an offline run holds before `wandb sync`.
+`wandb.Api()` needs a server and `wandb sync --view` is gone). Used by tests/test_tracking.py; in a checkout,
+`python tests/wandb_records.py <run folder>` shows what an offline run holds before `wandb sync`.
 """
 
 from __future__ import annotations
@@ -143,11 +143,11 @@ def offline_run_files(run_dir: str | Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m wsa_lab.tracking.wandb_records RUN [--series KEY]`: what an offline W&B run holds, before syncing."""
+    """`python tests/wandb_records.py RUN [--series KEY]`: what an offline W&B run holds, before syncing."""
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m wsa_lab.tracking.wandb_records", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python tests/wandb_records.py", description=main.__doc__)
     parser.add_argument("run", help="a wsa_lab run folder, an offline-run-* folder or a run-*.wandb file")
     parser.add_argument("--series", help="print this metric's (global_step, value) pairs instead of the summary")
     args = parser.parse_args(argv)

@@ -310,3 +310,12 @@ def test_disabled_wandb_writes_nothing(tmp_path: Path):
     log_two_steps(tracker, 8)
     tracker.finish({"status": "completed"})
     assert tracker.backends == [] and not (tmp_path / "wandb").exists()
+
+
+def test_the_tensorboard_command_the_readme_shows_starts(tmp_path: Path):
+    """`tensorboard --logdir ...` from the venv the README's commands make (tensorboard 2.20 needs pkg_resources)."""
+    script = Path(sys.executable).with_name("tensorboard")
+    assert script.is_file(), f"no tensorboard command next to {sys.executable}"
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip()[:1].isdigit(), proc.stdout

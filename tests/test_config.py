@@ -110,6 +110,18 @@ def test_ptm_set_from_the_cli(tmp_path: Path):
     assert [p["name"] for p in cfg.actor_critic.wsa.pretrained_models] == ["graph_cnn", "resnet18_random"]
 
 
+def test_a_ptm_whose_weights_are_overridden_carries_them_in_its_name(tmp_path: Path):
+    """`ptm.resnet18_imagenet.weights=random` (the README's way to train offline) must not be reported as ImageNet."""
+    from wsa_lab.tracking.identity import run_identity
+
+    cfg = compose_config(["experiment=phase3_hybrid", "ptm.resnet18_imagenet.weights=random"], tmp_path)
+    names = [p["name"] for p in cfg.actor_critic.wsa.pretrained_models]
+    assert names == ["resnet18_imagenet@random", "graph_cnn", "resnet18_random"]
+    assert "resnet18_imagenet@random" in run_identity(cfg).tags  # W&B tags; summary.json and the report read the same
+    plain = compose_config(["experiment=phase3_hybrid"], tmp_path / "plain")
+    assert [p["name"] for p in plain.actor_critic.wsa.pretrained_models][0] == "resnet18_imagenet"
+
+
 def test_seed_yaml_block_is_accepted_as_written(tmp_path: Path):
     cfg = compose_config(["ptm=[]"], tmp_path)
     cfg = OmegaConf.merge(cfg, OmegaConf.create(SEED_YAML))

@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from wsa_lab.conf_files import config_dir, yaml_defaults
 
 
 def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> ListConfig:
     """`${wsa_lab.ptm_list:${ptm},${ptm_count}}`: the `ptm` group's entries in order, the first `count` if set.
 
+    A shipped PTM whose `weights` were overridden (`ptm.resnet18_imagenet.weights=random`) is renamed
+    `<name>@<weights>`, so that no summary, W&B tag, report row or plot legend calls random weights "imagenet".
     A ListConfig, not a list: `OmegaConf.resolve` (what `--cfg job --resolve` runs) can only put a config
     node in place of the interpolation.
     """
-    entries = list(OmegaConf.to_container(pool, resolve=True).values()) if isinstance(pool, DictConfig) else list((pool or {}).values())
+    pool = OmegaConf.to_container(pool, resolve=True) if isinstance(pool, DictConfig) else dict(pool or {})
+    entries = [_labelled(str(key), dict(entry)) for key, entry in pool.items()]
     return OmegaConf.create(entries if count is None else entries[: int(count)])
+
+
+def _labelled(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """`entry`, renamed `<name>@<weights>` when it is a shipped PTM (conf/ptm/<key>.yaml) under its shipped name
+    whose weights differ from the shipped ones."""
+    path = config_dir() / "ptm" / f"{key}.yaml"
+    if not path.is_file():
+        return entry
+    shipped = yaml_defaults(f"ptm/{key}.yaml").get(key) or {}
+    if entry.get("name") == shipped.get("name") and entry.get("weights") != shipped.get("weights"):
+        entry["name"] = f"{entry['name']}@{entry.get('weights')}"
+    return entry
 
 
 def register_resolvers() -> None:

@@ -13,7 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from wsa_lab.conf_files import config_dir
-from wsa_lab.models.weights import ALLOW_UNVERIFIED_ENV, RESNETS, weights_file_name
+from wsa_lab.weights.checks import ALLOW_UNVERIFIED_ENV
+from wsa_lab.weights.files import OFFLINE_ENV, weights_file_name
+from wsa_lab.weights.names import RESNETS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,9 +37,11 @@ def fake_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_torch_home(fake_torch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test sees the fake cache (and never the user's real one), and may load its stand-in files."""
+    """Every test sees the fake cache (and never the user's real one), may load its stand-in files, and never
+    downloads a missing one (tests/test_weights.py serves files locally to test the download)."""
     monkeypatch.setenv("TORCH_HOME", str(fake_torch_home))
     monkeypatch.setenv(ALLOW_UNVERIFIED_ENV, "1")
+    monkeypatch.setenv(OFFLINE_ENV, "1")
     return fake_torch_home
 
 

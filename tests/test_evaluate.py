@@ -24,7 +24,7 @@ from wsa_lab.errors import ConfigError, WeightsNotFoundError, WsaLabError
 from wsa_lab.evaluate import (
     EvaluateSettings, compose_settings, evaluate_runs, find_runs, format_table, load_run, main, sampled_returns,
 )
-from wsa_lab.models.weights import ALLOW_UNVERIFIED_ENV
+from wsa_lab.weights.checks import ALLOW_UNVERIFIED_ENV
 from wsa_lab.rl.evaluation import play
 from wsa_lab.train import make_agent, make_env, train
 

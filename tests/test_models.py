@@ -25,7 +25,8 @@ from wsa_lab.models import (
     rasterise_nodes,
 )
 from wsa_lab.models.heads import gather_rows
-from wsa_lab.models.weights import load_resnet, weights_file_name
+from wsa_lab.weights.files import weights_file_name
+from wsa_lab.weights.load import load_resnet
 
 SEED_PTMS = [  # the WSA design summary's recommended configuration, written as in its YAML
     {"name": "resnet18_imagenet", "model_type": "resnet18", "weights": "imagenet", "freeze_backbone": True},

@@ -21,15 +21,15 @@ from wsa_lab.conf_files import config_dir
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError, WeightsNotFoundError
 from wsa_lab.models import build_actor_critic
-from wsa_lab.models.weights import (
+from wsa_lab.weights.checks import (
     ALLOW_UNVERIFIED_ENV,
     file_sha256,
     forget_weight_checks,
     loaded_weight_files,
     unverified_weight_files,
-    weights_file_name,
-    weights_from_checkpoint,
 )
+from wsa_lab.weights.files import weights_file_name
+from wsa_lab.weights.load import weights_from_checkpoint
 
 EXAMPLE = REPO / "examples" / "custom_ptm"
 MNV3 = {"name": "mnv3", "model_type": "mobilenet_v3_small", "weights": "DEFAULT", "freeze_backbone": False}
@@ -94,7 +94,7 @@ def test_torchvision_model_by_name_loads_its_file_and_trains_with_bn_fixed(obs, 
     monkeypatch.setenv("TORCH_HOME", str(mnv3_home))
     forget_weight_checks()
     path = mnv3_home / "hub" / "checkpoints" / "mobilenet_v3_small-047dcff4.pth"
-    with caplog.at_level(logging.WARNING, logger="wsa_lab.models.weights"):
+    with caplog.at_level(logging.WARNING, logger="wsa_lab.weights.checks"):
         agent = agent_of([MNV3, {"name": "graph_cnn", "model_type": "graph_cnn"}])
     ptm = agent.actor.extractor.ptms[0]
     state = torch.load(path, weights_only=True)

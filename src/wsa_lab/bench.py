@@ -370,12 +370,14 @@ def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: 
 def weights_dir_for(mode: str, workdir: str) -> tuple[str | None, str]:
     """(paths.weights_dir override or None, note). `synthetic`: same-shaped random state dicts in `workdir`."""
     from wsa_lab.errors import WeightsNotFoundError
-    from wsa_lab.models.weights import RESNETS, check_weights_file, resolve_weights_file, weights_file_name
+    from wsa_lab.weights.checks import ALLOW_UNVERIFIED_ENV, check_weights_file
+    from wsa_lab.weights.files import weights_file, weights_file_name
+    from wsa_lab.weights.names import RESNETS
 
     needed = ("resnet18", "resnet34")  # the ImageNet PTMs of the benchmarked arms
     if mode in ("auto", "real"):
         try:
-            files = [resolve_weights_file(model_type) for model_type in needed]
+            files = [weights_file(m, RESNETS[m].imagenet, allow_download=False) for m in needed]
             if all(check_weights_file(f).state == "ok" for f in files):
                 return None, "real ImageNet weights (torch hub cache)"
             # found, but not the files their names promise (stand-ins under the opt-out): say so
@@ -383,7 +385,6 @@ def weights_dir_for(mode: str, workdir: str) -> tuple[str | None, str]:
         except WeightsNotFoundError:
             if mode == "real":
                 raise
-    from wsa_lab.models.weights import ALLOW_UNVERIFIED_ENV
 
     folder = Path(workdir) / "synthetic_weights"
     folder.mkdir(parents=True, exist_ok=True)

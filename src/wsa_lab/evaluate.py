@@ -40,7 +40,7 @@ from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_k
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
-from wsa_lab.models.weights import weights_from_checkpoint
+from wsa_lab.weights.load import weights_from_checkpoint
 from wsa_lab.rl.evaluation import headline_metric, play
 from wsa_lab.config.strict import structured, unknown_key_error
 from wsa_lab.seeding import deterministic_kernels

@@ -33,6 +33,7 @@ from wsa_lab.runlock import RunLock
 from wsa_lab.rl import PPO, Evaluator
 from wsa_lab.seeding import deterministic_kernels, rng_state, seed_everything, set_rng_state
 from wsa_lab.tracking import build_tracker
+from wsa_lab.weights.checks import forget_weight_checks, unverified_weight_files
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
     seed_everything(cfg.seed)
     env = make_env(cfg, num_envs=algo.num_envs, seed=cfg.seed, device=device)
     envs.append(env)
+    forget_weight_checks()  # the summary lists the weight files of this run, not of earlier runs in this process
     agent = make_agent(cfg, env).to(device)
     eval_env = make_env(cfg, num_envs=eval_cfg.num_instances, seed=eval_cfg.seed, device=device)
     envs.append(eval_env)
@@ -207,6 +209,7 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
         "host": platform.node(),
         "torch_threads": torch.get_num_threads(),
         "memory_estimate": human(memory),
+        "unverified_weight_files": unverified_weight_files(),  # loaded under WSA_LAB_ALLOW_UNVERIFIED_WEIGHTS=1
         **evaluator.reference,
     }
     # evaluation history and time spent, carried across restarts by the checkpoint

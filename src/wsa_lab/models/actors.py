@@ -11,7 +11,8 @@ from wsa_lab.models.encoders import StateEncoder
 from wsa_lab.models.fusion import FusedFeatures, MultiPTMFeatureExtractor
 from wsa_lab.models.inputs import StateInputs, rasterise_nodes, run_cnn
 from wsa_lab.models.ptm import IMAGENET_MEAN, IMAGENET_STD
-from wsa_lab.models.weights import RESNETS, freeze_batchnorm_stats, load_resnet
+from wsa_lab.weights.load import freeze_batchnorm_stats, load_resnet
+from wsa_lab.weights.names import RESNETS
 
 
 class ActorFeatures(NamedTuple):

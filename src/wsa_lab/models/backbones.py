@@ -4,7 +4,7 @@
 kind               model_type                                             backbone
 =================  =====================================================  ===========================================
 ``torchvision``    any name of ``torchvision.models.list_models()``       the classification model, classifier removed
-                   (resnet18, convnext_tiny, vit_b_16, ...)               (:func:`~wsa_lab.models.weights.build_torchvision`)
+                   (resnet18, convnext_tiny, vit_b_16, ...)               (:func:`~wsa_lab.weights.load.build_torchvision`)
 ``pyg``            ``pyg:<GCN|GAT|GIN|GraphSAGE|EdgeCNN|PNA>``            PyG's model zoo (``torch_geometric.nn.models``,
                                                                           the BasicGNN family), pooled per graph
 ``graph_cnn``      ``graph_cnn``                                          wsa_lab's :class:`~wsa_lab.models.GraphCNN`
@@ -44,14 +44,9 @@ from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from wsa_lab.errors import ConfigError
 from wsa_lab.models.encoders import GraphCNN
-from wsa_lab.models.weights import (
-    build_torchvision,
-    checkpoint_supplies_weights,
-    is_torchvision_model,
-    load_module_weights,
-    torchvision_models,
-    torchvision_weights,
-)
+from wsa_lab.weights.files import load_module_weights
+from wsa_lab.weights.load import build_torchvision, checkpoint_supplies_weights
+from wsa_lab.weights.names import is_torchvision_model, torchvision_models, torchvision_weights
 
 log = logging.getLogger(__name__)
 

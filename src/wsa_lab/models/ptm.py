@@ -21,7 +21,8 @@ from wsa_lab.models.backbones import (
     pooled,
 )
 from wsa_lab.models.inputs import StateInputs, run_cnn
-from wsa_lab.models.weights import freeze_batchnorm_stats, torchvision_weights
+from wsa_lab.weights.load import freeze_batchnorm_stats
+from wsa_lab.weights.names import torchvision_weights
 
 # torchvision's ImageNet normalisation, applied to every torchvision model's RGB input so ImageNet and random
 # arms see the same pixels.
@@ -122,7 +123,7 @@ class PreTrainedModelWrapper(nn.Module):
 
     The adapter maps every backbone to the same `feature_dim`, so the attention can mix them.
     A frozen backbone runs under `no_grad` and stays in eval mode whatever `train()` says; a trainable
-    backbone keeps its BatchNorm statistics fixed (see :func:`~wsa_lab.models.weights.build_torchvision`).
+    backbone keeps its BatchNorm statistics fixed (see :func:`~wsa_lab.weights.load.build_torchvision`).
     A frozen backbone's output is therefore a fixed function of the state: PPO computes it once per env
     step and passes it back as `cached` in the update epochs (the frozen-feature cache).
 

@@ -1,11 +1,12 @@
 """`python -m wsa_lab.weights {status,download} [MODEL[:WEIGHTS] ...] [--weights-dir DIR]`: pre-trained weight files.
 
-Training never downloads. `status` says, for each file the PTMs need, where loading finds it and whether its
+Training downloads a missing file on first use (unless WSA_LAB_OFFLINE=1); this fetches them ahead of time, e.g.
+for nodes without network. `status` says, for each file the PTMs need, where loading finds it and whether its
 SHA-256 matches the prefix in its name: ``ok`` (verified), ``MISMATCH`` (a truncated or different file: training
 refuses it) or ``MISSING`` (with every path looked at). It looks where training looks: `--weights-dir`
 (`paths.weights_dir`), then the torch hub cache (``$TORCH_HOME/hub/checkpoints``); a PTM's own `weights_path`
-is not known here. `download` (needs network, asked for explicitly) fetches the missing or mismatching files,
-checksum-verified, into `--weights-dir` or the hub cache, so they can also be copied to an offline machine.
+is not known here. `download` (needs network) fetches the missing or mismatching files, checksum-verified, into
+`--weights-dir` or the hub cache, so they can also be copied to an offline machine.
 
 MODEL is any torchvision classification model (``torchvision.models.list_models()``); ``:WEIGHTS`` picks its
 weights (``imagenet`` by default, ``DEFAULT`` or an enum name such as ``IMAGENET1K_V2``). Without models: the
@@ -16,34 +17,17 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import socket
 import sys
-import urllib.error
 from pathlib import Path
-from typing import Optional
 
-import torch
 from omegaconf import OmegaConf
 
 from wsa_lab.errors import ConfigError
-from wsa_lab.models.weights import (
-    ALLOW_UNVERIFIED_ENV,
-    allow_unverified,
-    candidate_paths,
-    check_weights_file,
-    default_weights_dir,
-    hash_prefix,
-    is_torchvision_model,
-    torchvision_models,
-    torchvision_weights,
-)
+from wsa_lab.weights.checks import ALLOW_UNVERIFIED_ENV, allow_unverified, check_weights_file, default_weights_dir
+from wsa_lab.weights.files import DownloadError, candidate_paths, download, enum_file_name, weights_url
+from wsa_lab.weights.names import is_torchvision_model, torchvision_models, torchvision_weights
 
 PROG = "wsa_lab.weights"
-
-
-def _download_url_to_file(url: str, dst: str, hash_prefix: Optional[str]) -> None:
-    """torch.hub's download (verifies `hash_prefix`, writes a temp file then renames it). Tests replace it."""
-    torch.hub.download_url_to_file(url, dst, hash_prefix=hash_prefix, progress=True)
 
 
 def shipped_models() -> list[tuple[str, str]]:
@@ -79,7 +63,7 @@ def _parse(item: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}",
-                                     description="Check and fetch pre-trained weight files (training never downloads).",
+                                     description="Check and fetch pre-trained weight files ahead of training.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
     parser.add_argument("command", choices=["status", "download"])
@@ -93,28 +77,22 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     for model_type, weights in wanted:
         enum = torchvision_weights(model_type, weights)
-        name = Path(enum.url).name
+        name, url = enum_file_name(enum), weights_url(enum)
         label = f"{model_type} ({enum.name})"
-        state, path, detail = _status(name, enum.url, args.weights_dir)
+        state, path, detail = _status(name, url, args.weights_dir)
         if args.command == "download" and state != "ok":
             dst = target_dir / name
             try:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _download_url_to_file(enum.url, str(dst), hash_prefix(name))
-            except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as exc:
-                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-                if isinstance(exc, urllib.error.HTTPError):
-                    why = f"HTTP {exc.code} {exc.reason}"
+                download(url, dst)
+            except DownloadError as exc:
+                if exc.network:
+                    print(f"{PROG}: error: cannot download {url} ({exc.reason}); download it on a machine with "
+                          f"network and copy it to {dst}", file=sys.stderr)
                 else:
-                    why = f"no network: {reason}"
-                print(f"{PROG}: error: cannot download {enum.url} ({why}); download it on a machine with network "
-                      f"and copy it to {dst}", file=sys.stderr)
+                    print(f"{PROG}: error: cannot download {url} to {dst} ({exc.reason}); download it by hand and "
+                          "copy it there", file=sys.stderr)
                 return 1
-            except (RuntimeError, OSError) as exc:  # torch.hub's "invalid hash value", a full disk, a read-only folder
-                print(f"{PROG}: error: cannot download {enum.url} to {dst} ({' '.join(str(exc).split())}); "
-                      f"download it by hand and copy it there", file=sys.stderr)
-                return 1
-            state, path, detail = _status(name, enum.url, args.weights_dir)
+            state, path, detail = _status(name, url, args.weights_dir)
             detail = f"downloaded; {detail}"
         bad += state != "ok"
         print(f"{label:36s} {state:8s} {path}  ({detail})")

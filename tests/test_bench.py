@@ -1,4 +1,4 @@
-"""`python -m wsa_lab.bench`: runs every section at tiny sizes, reports ratios and verdicts, writes JSON;
+"""`python benchmarks/bench.py`: runs every section at tiny sizes, reports ratios and verdicts, writes JSON;
 the evaluation set's reference returns are computed once, not at every evaluation."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import actor_critic_kwargs, coverage_specs, subprocess_env
-from wsa_lab import bench
+from benchmarks import bench
+from conftest import REPO, actor_critic_kwargs, coverage_specs, subprocess_env
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.models import build_actor_critic
 from wsa_lab.rl import Evaluator
@@ -84,7 +84,7 @@ def test_bench_cli_every_section(tmp_path: Path, fake_torch_home: Path):
     """The real command, tiny sizes, with the peak-RSS subprocesses: tables on stdout, JSON on disk."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "wsa_lab.bench", "--quick", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
         capture_output=True, text=True, env=subprocess_env(fake_torch_home), timeout=1800, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -55,6 +55,25 @@ def test_the_env_timer_wraps_the_env_from_outside():
     assert timed.seconds > 0 and timed.num_envs == 2 and type(env).step is CoverageEnv.step  # nothing replaced
 
 
+def test_each_tree_runs_its_own_bench(tmp_path: Path):
+    """compare_commits and its paired worker find a tree's bench where that tree has it: `benchmarks/bench.py`,
+    or `wsa_lab.bench` in trees from before it moved out of the package."""
+    from benchmarks import compare_commits
+
+    assert compare_commits.bench_command(REPO / "src")[1:] == [str(REPO / "benchmarks" / "bench.py")]
+    old_src = tmp_path / "old" / "src"
+    (old_src / "wsa_lab").mkdir(parents=True)
+    assert compare_commits.bench_command(old_src)[1:] == ["-m", "wsa_lab.bench"]
+    (old_src / "wsa_lab" / "__init__.py").write_text("")
+    (old_src / "wsa_lab" / "bench.py").write_text("WHERE = 'inside the package'\n")
+    code = "from paired_worker import load_bench; b = load_bench(); print(getattr(b, 'WHERE', b.__file__))"
+    for src, expected in ((old_src, "inside the package"), (REPO / "src", str(REPO / "benchmarks" / "bench.py"))):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "benchmarks", env={**subprocess_env(tmp_path),
+                              "PYTHONPATH": str(src)}, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.splitlines()[-1] == expected
+
+
 def test_peak_rss_is_read():
     assert bench._max_rss_mib() > 10
 

@@ -2,7 +2,7 @@
 
     python benchmarks/compare_commits.py --base acf3ce8 --rounds 5 --out benchmarks/cpu_vs_acf3ce8.json
 
-Each round runs `python -m wsa_lab.bench --only arms --repeats 1` once for each tree (the other commit is
+Each round runs the bench (`benchmarks/bench.py --only arms --repeats 1`) once for each tree (the other commit is
 checked out in a temporary git worktree and imported through PYTHONPATH, with this venv's packages), the
 order of the two trees alternating from round to round so that load drifts hit both alike. Per arm it reports
 the median over rounds of the seconds per PPO iteration and the ratio head / base.
@@ -34,9 +34,16 @@ from wsa_lab.stats import Estimate, bootstrap_ci
 REPO = Path(__file__).resolve().parents[1]
 
 
+def bench_command(src: Path) -> list[str]:
+    """How to start a tree's bench: the `benchmarks/bench.py` beside its `src`, or `-m wsa_lab.bench` in trees from
+    before the bench moved out of the package (e.g. af03240)."""
+    script = src.parent / "benchmarks" / "bench.py"
+    return [sys.executable, str(script)] if script.is_file() else [sys.executable, "-m", "wsa_lab.bench"]
+
+
 def bench_once(src: Path, out: Path, extra: list[str]) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(src)}
-    cmd = [sys.executable, "-m", "wsa_lab.bench", "--only", "arms", "--repeats", "1", "--warmup", "1", "--no-memory",
+    cmd = [*bench_command(src), "--only", "arms", "--repeats", "1", "--warmup", "1", "--no-memory",
            "--weights", "synthetic", "--out", str(out), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -120,7 +127,7 @@ def main() -> None:
         try:
             trees = {"base": base_tree / "src", "head": REPO / "src"}
             if args.paired:
-                from wsa_lab.bench import ARMS
+                from bench import ARMS  # this checkout's (benchmarks/ is this script's folder)
 
                 paired_rows = [paired_arm(arm, trees, args.paired, args.overrides) for arm in (args.arms or ARMS)]
             else:

@@ -14,6 +14,7 @@ set -uo pipefail
 out=${1:?usage: benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
 py=${PYTHON:-python3}
+bench="$(dirname "$0")/bench.py"  # beside this script
 device=${DEVICE:-cuda}
 quick=(); train_size=(algo.total_timesteps=4096)
 if [[ ${QUICK:-0} == 1 ]]; then quick=(--quick); train_size=(algo.total_timesteps=64 algo.num_envs=4 algo.num_steps=8); fi
@@ -57,16 +58,16 @@ step train_compiled 180 $py -m wsa_lab experiment=phase3_hybrid device=$device "
 for run in run run_compiled; do  # the runs' summaries (SPS, returns) into the log
   if [[ -f $tmp/$run/summary.json ]]; then echo "== $run/summary.json"; cat "$tmp/$run/summary.json"; fi >>"$out/steps.log"
 done
-step bench_arms 100 $py -m wsa_lab.bench --device "$device" "${quick[@]}" --only arms greedy --no-memory --out "$out/gpu_arms.json"
-step bench_arms_nondeterministic 80 $py -m wsa_lab.bench --device "$device" "${quick[@]}" --only arms --no-memory \
+step bench_arms 100 $py "$bench" --device "$device" "${quick[@]}" --only arms greedy --no-memory --out "$out/gpu_arms.json"
+step bench_arms_nondeterministic 80 $py "$bench" --device "$device" "${quick[@]}" --only arms --no-memory \
   --out "$out/gpu_arms_nondeterministic.json" deterministic=false
-step bench_scale_gpu 120 $py -m wsa_lab.bench --device "$device" "${quick[@]}" --only arms --repeats 3 --no-memory \
+step bench_scale_gpu 120 $py "$bench" --device "$device" "${quick[@]}" --only arms --repeats 3 --no-memory \
   --out "$out/gpu_scale_gpu.json" scale=gpu
-step bench_scale_gpu_nondeterministic 120 $py -m wsa_lab.bench --device "$device" "${quick[@]}" --only arms --repeats 3 \
+step bench_scale_gpu_nondeterministic 120 $py "$bench" --device "$device" "${quick[@]}" --only arms --repeats 3 \
   --no-memory --out "$out/gpu_scale_gpu_nondeterministic.json" scale=gpu deterministic=false
-step bench_profile 120 $py -m wsa_lab.bench --device "$device" "${quick[@]}" --only arms --repeats 1 --no-memory --profile \
+step bench_profile 120 $py "$bench" --device "$device" "${quick[@]}" --only arms --repeats 1 --no-memory --profile \
   --out "$out/gpu_profile.json"
-step bench_sweeps 150 $py -m wsa_lab.bench --device "$device" "${quick[@]}" --only nodes ptms checkpoint --no-memory \
+step bench_sweeps 150 $py "$bench" --device "$device" "${quick[@]}" --only nodes ptms checkpoint --no-memory \
   --out "$out/gpu_sweeps.json"
 
 if ((${#failed[@]})); then echo "failed: ${failed[*]}"; exit 1; fi

@@ -1,4 +1,4 @@
-"""`python -m wsa_lab.bench`: runs every section at tiny sizes, reports ratios and verdicts, writes JSON;
+"""`python benchmarks/bench.py`: runs every section at tiny sizes, reports ratios and verdicts, writes JSON;
 the evaluation set's reference returns are computed once, not at every evaluation."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import actor_critic_kwargs, coverage_specs, subprocess_env
-from wsa_lab import bench
+from benchmarks import bench
+from conftest import REPO, actor_critic_kwargs, coverage_specs, subprocess_env
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.models import build_actor_critic
 from wsa_lab.rl import Evaluator
@@ -55,6 +55,25 @@ def test_the_env_timer_wraps_the_env_from_outside():
     assert timed.seconds > 0 and timed.num_envs == 2 and type(env).step is CoverageEnv.step  # nothing replaced
 
 
+def test_each_tree_runs_its_own_bench(tmp_path: Path):
+    """compare_commits and its paired worker find a tree's bench where that tree has it: `benchmarks/bench.py`,
+    or `wsa_lab.bench` in trees from before it moved out of the package."""
+    from benchmarks import compare_commits
+
+    assert compare_commits.bench_command(REPO / "src")[1:] == [str(REPO / "benchmarks" / "bench.py")]
+    old_src = tmp_path / "old" / "src"
+    (old_src / "wsa_lab").mkdir(parents=True)
+    assert compare_commits.bench_command(old_src)[1:] == ["-m", "wsa_lab.bench"]
+    (old_src / "wsa_lab" / "__init__.py").write_text("")
+    (old_src / "wsa_lab" / "bench.py").write_text("WHERE = 'inside the package'\n")
+    code = "from paired_worker import load_bench; b = load_bench(); print(getattr(b, 'WHERE', b.__file__))"
+    for src, expected in ((old_src, "inside the package"), (REPO / "src", str(REPO / "benchmarks" / "bench.py"))):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "benchmarks", env={**subprocess_env(tmp_path),
+                              "PYTHONPATH": str(src)}, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.splitlines()[-1] == expected
+
+
 def test_peak_rss_is_read():
     assert bench._max_rss_mib() > 10
 
@@ -84,7 +103,7 @@ def test_bench_cli_every_section(tmp_path: Path, fake_torch_home: Path):
     """The real command, tiny sizes, with the peak-RSS subprocesses: tables on stdout, JSON on disk."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "wsa_lab.bench", "--quick", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
         capture_output=True, text=True, env=subprocess_env(fake_torch_home), timeout=1800, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -50,7 +50,7 @@ def one_iteration(ptms, cache: bool, device: str = "cpu", **kwargs):
     losses = ppo.update()
     grads = {n: p.grad.clone() for n, p in agent.named_parameters() if p.grad is not None}
     return {"rollout": rollout, "losses": losses, "grads": grads, "weights": agent.state_dict(),
-            "calls": [c[0] for c in calls], "cached": sorted(ppo.frozen_feats)}
+            "calls": [c[0] for c in calls], "cached": sorted(agent.rollout.cached_features(torch.arange(1)) or {})}
 
 
 def assert_same_update(on: dict, off: dict, rtol: float = 1e-4, atol: float = 1e-6) -> None:
@@ -126,7 +126,8 @@ def test_gpu_code_paths_run_when_forced_on_cpu(monkeypatch: pytest.MonkeyPatch):
         with torch.no_grad():
             torch.testing.assert_close(fast.get_value(obs), ref.get_value(obs), rtol=0.05, atol=0.05)
         if ptms:
-            _, cached = fast.rollout_step(obs)
+            fast.rollout_step(obs, 0)
+            cached = fast.rollout.cached_features(torch.arange(obs.num_graphs))
             assert list(cached) == [0] and cached[0].dtype == torch.bfloat16
 
 

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from wsa_lab.envs import CoverageEnv, build_conditions, greedy_action, greedy_returns, prepare_condition
+from wsa_lab.envs import CoverageEnv, ShiftedCoverageEnv, greedy_action, greedy_returns
 from wsa_lab.envs.cities import available_countries, city_instance, project_to_unit_square
-from wsa_lab.envs.suites import ShiftedCoverageEnv
 from wsa_lab.errors import ConfigError
+from wsa_lab.suites import build_conditions, prepare_condition
 
 
 @pytest.mark.parametrize("country, largest", [("FR", "Paris"), ("CL", "Santiago"), ("JP", "Tokyo")])

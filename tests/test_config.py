@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 from conftest import compose_config, experiment_names
 from wsa_lab.config.validate import validate
 from wsa_lab.errors import ConfigError
-from wsa_lab.train import make_agent, make_env
+from wsa_lab.build import make_agent, make_env
 
 SUMMARY_PHASES = {  # the WSA design summary's twelve ablation arms (phases 1-4)
     "phase1_baseline", "phase1_wsa3", "phase2_all_imagenet", "phase2_all_random", "phase2_mixed",

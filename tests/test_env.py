@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import warnings
 
 import gymnasium
@@ -387,6 +390,19 @@ def test_greedy_beats_random():
     assert g.shape == r.shape == (64,)
     assert env.autoreset  # restored
     assert g.mean() > r.mean() + 0.1, (g.mean(), r.mean())
+
+
+def test_envs_sit_below_the_trainer():
+    """`wsa_lab.envs` (the coverage env and its reference policies) loads only the contract: no models, trainer,
+    config or evaluation suites, also when it computes its references."""
+    code = (
+        "import json, sys, wsa_lab.envs as e; "
+        "e.CoverageEnv(num_envs=2, num_nodes=12, num_sites=2, knn_k=3).reference_returns(); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('wsa_lab.'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {name.split(".")[1] for name in json.loads(proc.stdout.splitlines()[-1])}
+    assert loaded <= {"contract", "envs", "errors", "schema"}, loaded
 
 
 def test_run_episodes_respects_time_limit():

@@ -18,15 +18,17 @@ from conftest import REPO, compose_config, from_yaml, subprocess_env
 from test_train import TINY
 from wsa_lab import stats
 from wsa_lab.contract import ratio_to_reference, specs
-from wsa_lab.envs import CoverageEnv, build_conditions, generate_instances, greedy_returns, prepare_condition
-from wsa_lab.envs import suites as suites_module
+from wsa_lab import suites as suites_module
+from wsa_lab.build import make_agent, make_env
+from wsa_lab.envs import CoverageEnv, generate_instances, greedy_returns
 from wsa_lab.errors import ConfigError, WeightsNotFoundError, WsaLabError
 from wsa_lab.evaluate import (
     EvaluateSettings, compose_settings, evaluate_runs, find_runs, format_table, load_run, main, sampled_returns,
 )
 from wsa_lab.weights.checks import ALLOW_UNVERIFIED_ENV
 from wsa_lab.rl.evaluation import play
-from wsa_lab.train import make_agent, make_env, train
+from wsa_lab.suites import build_conditions, prepare_condition
+from wsa_lab.train import train
 
 SUITES = ("in_distribution", "size_shift", "structure_shift", "cities")
 FAST = ["num_instances=2", "episodes=1", "bootstrap_reps=200"]

@@ -80,10 +80,10 @@ def test_uniform_start_and_warm_up_hold_the_weights_at_exactly_one_over_p():
         metrics = ppo.iterate()
         weights = [metrics[f"wsa/attention_weights_{i}"] for i in range(3)]
         if iteration == 0:  # exactly uniform: the zero-initialised scorer, and the warm-up holds it anyway
-            assert (ppo.last_attention == 1 / 3).all()  # every state's weights: exactly 1/3 (in float32)
+            assert (model.rollout.last_attention == 1 / 3).all()  # every state's weights: exactly 1/3 (in float32)
             assert weights == pytest.approx([1 / 3] * 3, abs=1e-7)  # their rollout mean
             assert all(p.grad is None for p in model.attention.parameters())  # held: the scorer takes no step
-    assert not (ppo.last_attention == 1 / 3).all()  # released after 32 env steps: the weights are learned
+    assert not (model.rollout.last_attention == 1 / 3).all()  # released after 32 env steps: the weights are learned
 
 
 def test_warm_up_survives_a_checkpoint(tmp_path: Path):

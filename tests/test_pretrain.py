@@ -22,7 +22,8 @@ from wsa_lab.errors import ConfigError, WeightsNotFoundError
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper
 from wsa_lab.pretrain import pretrain
-from wsa_lab.train import make_agent, make_env, train
+from wsa_lab.build import make_agent, make_env
+from wsa_lab.train import train
 
 SMALL = ["env.num_nodes=20", "env.knn_k=4", "env.num_sites=3", "pretrain.collect_steps=64", "pretrain.num_envs=8",
          "pretrain.epochs=2", "pretrain.batch_size=16", "progress_bar=false"]

@@ -129,7 +129,8 @@ def test_weights_path_named_by_its_own_sha256_is_verified_without_the_opt_out(ob
     step(agent, obs)
     assert all(p.grad is None and not p.requires_grad for p in ptm.backbone.parameters())  # frozen
     assert all(p.grad is not None for p in ptm.adapter.parameters())
-    _, cached = agent.rollout_step(obs)  # the frozen-feature cache
+    agent.rollout_step(obs, 0)
+    cached = agent.rollout.cached_features(torch.arange(obs.num_graphs))  # the frozen-feature cache
     assert set(cached) == {0} and cached[0].shape == (obs.num_graphs, 1024)
     with torch.no_grad():
         agent.eval()
@@ -226,7 +227,9 @@ def test_custom_image_and_graph_modules_from_a_user_package(obs, my_encoders):
     assert gnn.backbone.edge_dim == 1 and gnn.graph_kwargs == ("edge_attr",)  # the env's edge features
     step(agent, obs)
     assert backbone_grads(cnn) and backbone_grads(gnn)
-    assert all(p.grad is None for p in frozen.backbone.parameters()) and set(agent.rollout_step(obs)[1]) == {2}
+    assert all(p.grad is None for p in frozen.backbone.parameters())
+    agent.rollout_step(obs, 0)
+    assert set(agent.rollout.cached_features(torch.arange(obs.num_graphs))) == {2}
 
 
 def test_custom_weights_path_is_loaded_strictly(obs, my_encoders, tmp_path):
@@ -324,7 +327,7 @@ def test_shipped_ptm_configs_build(obs):
 
 def test_the_example_study_composes_through_its_config_dir(obs, my_encoders):
     """What `--config-dir examples/custom_ptm/conf experiment=custom_ptms` composes, built and run in-process."""
-    from wsa_lab.train import make_agent, make_env
+    from wsa_lab.build import make_agent, make_env
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[

@@ -32,11 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab import stats
+from wsa_lab.build import close_env, make_agent, make_env
 from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.conf_files import config_dir
 from wsa_lab.config.validate import resolve_device
 from wsa_lab.contract import ActionSpec, ObservationSpec, ratio_to_reference, specs
-from wsa_lab.envs.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.files import write_text_atomic
 from wsa_lab.models import ActorCritic
@@ -44,7 +44,7 @@ from wsa_lab.weights.load import weights_from_checkpoint
 from wsa_lab.rl.evaluation import headline_metric, play
 from wsa_lab.config.strict import structured, unknown_key_error
 from wsa_lab.seeding import deterministic_kernels
-from wsa_lab.train import make_agent, make_env
+from wsa_lab.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 
 CONFIG_NAME = "evaluate"
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -72,7 +72,7 @@ class EvaluateSettings:
 
 @dataclass
 class SuiteConfig:
-    """`conf/eval_env/<suite>.yaml`: a name, its conditions (see wsa_lab.envs.suites) and the table's env columns."""
+    """`conf/eval_env/<suite>.yaml`: a name, its conditions (see wsa_lab.suites) and the table's env columns."""
 
     name: str
     conditions: dict = field(default_factory=dict)
@@ -227,12 +227,6 @@ class LoadedRun:
         return declared_metric(self.cfg, self.summary)
 
 
-def _close(env: Any) -> None:
-    close = getattr(env, "close", None)  # Gymnasium vector envs hold resources (async ones: worker processes)
-    if close is not None:
-        close()
-
-
 def load_run(path: Path, device: torch.device) -> LoadedRun:
     """Rebuild a run's agent from `resolved_config.yaml` and load `checkpoints/last.pt` into it."""
     cfg, summary = read_run_files(path)
@@ -242,7 +236,7 @@ def load_run(path: Path, device: torch.device) -> LoadedRun:
         with weights_from_checkpoint():  # the checkpoint holds the ImageNet backbones too: no weight file needed
             agent = make_agent(cfg, env).to(device)
     finally:
-        _close(env)
+        close_env(env)
     try:
         state = load_checkpoint(path / CHECKPOINT, map_location=device)
         agent.load_state_dict(state["agent"], strict=True)

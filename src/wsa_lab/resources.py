@@ -1,6 +1,6 @@
 """A memory estimate at start-up: a run whose buffers cannot fit fails before it allocates them.
 
-How it is computed (bytes, float32 = 4 B; within about 2x of the measured peak, see `python -m wsa_lab.bench
+How it is computed (bytes, float32 = 4 B; within about 2x of the measured peak, see `python benchmarks/bench.py
 --only memory`):
 
 - one observation: the env's own estimate when its class has one (``memory_estimate``: the coverage env's is
@@ -25,11 +25,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from wsa_lab.build import close_env, make_env
+from wsa_lab.config.validate import env_target
 from wsa_lab.errors import ConfigError
 
 #: Floats saved per input pixel by a trainable ResNet18's forward pass (rough: conv/bn/relu outputs per stage).
@@ -100,7 +102,7 @@ def batch_bytes(obs: Any) -> int:
     return total
 
 
-def _env_profile(cfg: DictConfig, make_env: Callable[..., Any], target: Any, num_envs: int) -> dict[str, float]:
+def _env_profile(cfg: DictConfig, target: Any, num_envs: int) -> dict[str, float]:
     """Per env: observation bytes, state bytes, nodes per graph; plus transient bytes when building `num_envs`."""
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.env, resolve=True).items() if k != "_target_"}
     estimate = getattr(target, "memory_estimate", None)
@@ -113,9 +115,7 @@ def _env_profile(cfg: DictConfig, make_env: Callable[..., Any], target: Any, num
         return {"observation": size, "state": size, "nodes": obs.num_nodes, "transient": 0.0,
                 "image_pixels": 0 if obs.image is None else obs.image[0, 0].numel()}
     finally:
-        close = getattr(env, "close", None)
-        if close is not None:
-            close()
+        close_env(env)
 
 
 def _ptm_params(entry: dict[str, Any]) -> int:
@@ -130,12 +130,13 @@ def _ptm_params(entry: dict[str, Any]) -> int:
         return 100_000
 
 
-def estimate_memory(cfg: DictConfig, settings: Any, make_env: Callable[..., Any], target: Any) -> Estimate:
+def estimate_memory(cfg: DictConfig, settings: Any) -> Estimate:
     """The run's memory estimate (see the module docstring) of a config `validate` passed (every key present)."""
     algo, ev = settings.algo, settings.evaluation
     est = Estimate()
-    train_env = _env_profile(cfg, make_env, target, algo.num_envs)
-    eval_env = _env_profile(cfg, make_env, target, ev.num_instances)
+    target = env_target(cfg.env)
+    train_env = _env_profile(cfg, target, algo.num_envs)
+    eval_env = _env_profile(cfg, target, ev.num_instances)
     obs = train_env["observation"]
     samples = algo.num_steps * algo.num_envs
     est.add("rollout buffer", 2 * samples * obs, "algo.num_steps x algo.num_envs x one observation")
@@ -179,9 +180,9 @@ def _reads_image(entry: dict[str, Any]) -> bool:
     return not (model == "graph_cnn" or model.startswith("pyg:"))
 
 
-def check_memory(cfg: DictConfig, settings: Any, make_env: Callable[..., Any], target: Any) -> Optional[Estimate]:
+def check_memory(cfg: DictConfig, settings: Any) -> Optional[Estimate]:
     """Refuse a run whose estimate exceeds the memory available (one line); return the estimate."""
-    est = estimate_memory(cfg, settings, make_env, target)
+    est = estimate_memory(cfg, settings)
     free = available_bytes(settings.device)
     if est.total > free:
         parts = sorted(est.parts, key=lambda p: -p.bytes)[:2]

@@ -1,4 +1,4 @@
-"""`train(cfg)`: build env, actor-critic and PPO from the composed config, train, and fill the run folder.
+"""`train(cfg)`: the training loop. It builds its run through :mod:`wsa_lab.build`, trains, and fills the run folder.
 
 The run folder (`paths.output_dir`) gets: `.hydra/` (Hydra), `resolved_config.yaml`, `metrics.jsonl`,
 `summary.json` and `checkpoints/{last,prev}.pt`. A folder that already holds a checkpoint is resumed
@@ -16,22 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from wsa_lab.build import build_training, close_env
 from wsa_lab.checkpoint import LAST, PREVIOUS, load_latest, save_rotating
-from wsa_lab.config.validate import env_target, validate
-from wsa_lab.contract import VectorGraphEnv, specs
-from wsa_lab.errors import ConfigError, WsaLabError
+from wsa_lab.config.validate import validate
+from wsa_lab.contract import VectorGraphEnv
+from wsa_lab.errors import ConfigError
 from wsa_lab.files import write_text_atomic
-from wsa_lab.models import ActorCritic
 from wsa_lab.resources import check_memory, human
 from wsa_lab.resume import Interrupted, StopSignals, config_differences, config_snapshot, truncate_metrics
 from wsa_lab.runlock import RunLock
-from wsa_lab.rl import PPO, Evaluator
-from wsa_lab.seeding import deterministic_kernels, rng_state, seed_everything, set_rng_state
+from wsa_lab.rl import PPO
+from wsa_lab.seeding import rng_state, set_rng_state
 from wsa_lab.tracking import build_tracker
 from wsa_lab.weights.checks import forget_weight_checks, unverified_weight_files
 
@@ -39,37 +37,6 @@ log = logging.getLogger(__name__)
 
 # What a checkpoint must hold to resume from it (besides PPO.state_dict's keys).
 CHECKPOINT_KEYS = ("agent", "optimizer", "global_step", "iteration", "env", "rng", "history", "config")
-
-
-def _instantiate(node: DictConfig, where: str, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate`, with the component's own argument errors as one-line ConfigErrors."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, WsaLabError):
-            raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):  # e.g. the env's checks: K >= N, r_min > r_max
-            raise ConfigError(f"{where}: {cause}") from cause
-        raise
-
-
-def make_env(cfg: DictConfig, **kwargs: Any) -> VectorGraphEnv:
-    """The vector env of `cfg.env` (any :class:`~wsa_lab.contract.VectorGraphEnv`); `num_envs`, `seed`, `device`
-    come from the caller."""
-    return _instantiate(cfg.env, "env", **kwargs)
-
-
-def make_agent(cfg: DictConfig, env: VectorGraphEnv) -> ActorCritic:
-    """The actor-critic of `cfg.actor_critic`, sized from `env`'s spaces (checked against the contract here)."""
-    observation, action = specs(env)
-    build = _instantiate(cfg.actor_critic, "actor_critic", _partial_=True, _convert_="all")
-    try:
-        return build(observation_spec=observation, action_spec=action)
-    except (ValueError, TypeError) as exc:
-        if isinstance(exc, WsaLabError):
-            raise
-        raise ConfigError(f"actor_critic: {exc}") from exc
 
 
 def _count_params(module: torch.nn.Module) -> tuple[int, int]:
@@ -159,9 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return _train(cfg, envs, held)
         finally:
             for env in envs:
-                close = getattr(env, "close", None)
-                if close is not None:
-                    close()
+                close_env(env)
 
 
 def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict[str, Any]:
@@ -171,26 +136,12 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
     held.enter_context(RunLock(run_dir))  # one writer per run folder: RunFolderBusyError if a live run holds it
     snapshot = config_snapshot(cfg)
     found = accept_resume(cfg, run_dir, snapshot)  # a refusal here leaves the folder as it was
-    memory = check_memory(cfg, settings, make_env, env_target(cfg.env))  # before the envs allocate anything
-
-    device = settings.device
-    deterministic_kernels(device, settings.deterministic)
-    seed_everything(cfg.seed)
-    env = make_env(cfg, num_envs=algo.num_envs, seed=cfg.seed, device=device)
-    envs.append(env)
+    memory = check_memory(cfg, settings)  # before the envs allocate anything
     forget_weight_checks()  # the summary lists the weight files of this run, not of earlier runs in this process
-    agent = make_agent(cfg, env).to(device)
-    eval_env = make_env(cfg, num_envs=eval_cfg.num_instances, seed=eval_cfg.seed, device=device)
-    envs.append(eval_env)
-    evaluator = Evaluator(eval_env, eval_cfg.seed, eval_cfg.metric)
+    built = build_training(cfg, settings, envs)
+    env, agent, ppo, evaluator = built.env, built.agent, built.ppo, built.evaluator
     metric = evaluator.metric
     best_key = "best_" + metric.removeprefix("eval/")
-    wsa_logging = cfg.actor_critic.wsa.logging  # checked by build_actor_critic
-    ppo = PPO(
-        agent, env, algo,
-        log_attention=bool(wsa_logging.log_attention_weights), log_features=bool(wsa_logging.log_features),
-        reset_seed=cfg.seed,
-    )
     total, trainable = _count_params(agent)
     summary: dict[str, Any] = {
         "name": cfg.name,
@@ -204,7 +155,7 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
         "ptm_count": len(agent.ptm_names),
         "params_total": total,
         "params_trainable": trainable,
-        "device": str(device),
+        "device": str(settings.device),
         "torch": torch.__version__,
         "host": platform.node(),
         "torch_threads": torch.get_num_threads(),
@@ -256,8 +207,8 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
                             history["best"] = max(history["best"], value)
                         metrics.update(history["last_eval"])
                     tracker.log(metrics, step=ppo.global_step)
-                    if ppo.last_attention is not None:
-                        tracker.log_attention(ppo.last_attention, agent.ptm_names, step=ppo.global_step)
+                    if agent.rollout.last_attention is not None:
+                        tracker.log_attention(agent.rollout.last_attention, agent.ptm_names, step=ppo.global_step)
                     stop = signals.requested and not last
                     if ppo.iteration % ckpt_cfg.interval == 0 or last or stop:
                         checkpoint()

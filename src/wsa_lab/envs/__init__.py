@@ -1,7 +1,7 @@
 """The built-in facility-coverage environment on spatial kNN graphs (batched torch + gymnasium).
 
-It is one implementation of the graph env contract (`wsa_lab.contract`); nothing outside `envs/`, `evaluate`'s
-coverage suites and the bench depends on it.
+It is one implementation of the graph env contract (`wsa_lab.contract`); nothing outside `envs/`, the evaluation
+suites' coverage conditions (`wsa_lab.suites`) and the benchmark depends on it.
 """
 
 import gymnasium
@@ -13,7 +13,7 @@ from .observation import NODE_FEATURE_DIM, NODE_FEATURE_NAMES
 from .policies import greedy_action, greedy_returns, random_action, random_returns, run_episodes
 from .render import render_image
 from .cities import CityInstance, city_instance
-from .suites import Condition, ConditionSpec, PreparedCondition, build_conditions, prepare_condition
+from .shifted import ShiftedCoverageEnv
 
 GYM_ENV_ID = "wsa_lab/Coverage-v0"
 
@@ -26,20 +26,16 @@ __all__ = [
     "NODE_FEATURE_DIM",
     "NODE_FEATURE_NAMES",
     "CityInstance",
-    "Condition",
-    "ConditionSpec",
     "CoverageEnv",
     "CoverageGymEnv",
     "REFERENCE_NAMES",
-    "PreparedCondition",
-    "build_conditions",
+    "ShiftedCoverageEnv",
     "city_instance",
     "coverage_spaces",
     "generate_instances",
     "greedy_action",
     "greedy_returns",
     "knn_neighbors",
-    "prepare_condition",
     "random_action",
     "random_returns",
     "render_image",

@@ -24,6 +24,7 @@ from wsa_lab.contract import GraphBatch
 from .geometry import squared_distances, within_radius
 from .instances import generate_instances, knn_neighbors
 from .observation import NODE_FEATURE_DIM, knn_edge_index
+from .policies import greedy_returns, random_returns
 from .render import render_image
 
 #: Coverage's reference policies, the first one is the headline (``eval/greedy_ratio``).
@@ -419,8 +420,6 @@ class CoverageEnv:
         sites x ``greedy_radius_grid`` radii) and ``random`` (uniform node and radius, seeded with the env's
         seed). Shapes: ``{name: [B]}``.
         """
-        from .policies import greedy_returns, random_returns  # policies import this module
-
         instances = (self.pos.clone(), self.demand.clone())
         copy = CoverageEnv(
             num_envs=self.num_envs, num_nodes=self.num_nodes, num_sites=self.num_sites, knn_k=self.knn_k,

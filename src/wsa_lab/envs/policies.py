@@ -1,23 +1,53 @@
-"""Reference policies (random, one-step greedy) and an episode runner for baselines."""
+"""Reference policies (random, one-step greedy) and an episode runner for baselines.
+
+They read a batched coverage state (:class:`CoverageState`, which :class:`~wsa_lab.envs.CoverageEnv` is), so the
+env can compute its reference returns with them without this module depending on the env.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import Tensor
 
-from .coverage import CoverageEnv
 from .geometry import squared_distances
 from wsa_lab.contract import GraphBatch
 
-Policy = Callable[[GraphBatch, CoverageEnv], tuple[Tensor, Tensor]]
+
+class CoverageState(Protocol):
+    """What the policies read and drive of a batched coverage env (see :class:`~wsa_lab.envs.CoverageEnv`)."""
+
+    num_envs: int
+    num_nodes: int
+    num_sites: int
+    max_episode_steps: Optional[int]
+    cost: float
+    autoreset: bool
+    device: torch.device
+    pos: Tensor  # [B, N, 2]
+    demand: Tensor  # [B, N]
+    covered: Tensor  # [B, N] bool
+    ended: Tensor  # [B] bool
+    episode_return: Tensor  # [B]
+
+    @property
+    def action_mask(self) -> Tensor: ...  # [B, N] bool
+
+    def physical_radius(self, radius: Tensor) -> Tensor: ...
+
+    def reset(self, *, instances: Optional[tuple[Tensor, Tensor]] = None) -> GraphBatch: ...
+
+    def step(self, node: Tensor, radius: Tensor) -> tuple[Any, ...]: ...
+
+
+Policy = Callable[[GraphBatch, CoverageState], tuple[Tensor, Tensor]]
 
 # Upper bound on the elements of greedy_action's per-chunk [B, chunk, N] tensors (~4M).
 _GREEDY_MAX_CHUNK_ELEMENTS = 2**22
 
 
-def random_action(env: CoverageEnv, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def random_action(env: CoverageState, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Uniform node among the unmasked ones, uniform action radius in ``[0, 1]``.
 
     Shapes:
@@ -31,7 +61,7 @@ def random_action(env: CoverageEnv, generator: torch.Generator) -> tuple[Tensor,
     return node, radius
 
 
-def greedy_action(env: CoverageEnv, radius_grid: int = 11) -> tuple[Tensor, Tensor]:
+def greedy_action(env: CoverageState, radius_grid: int = 11) -> tuple[Tensor, Tensor]:
     """Action with the best immediate reward over unmasked sites x ``linspace(0, 1, radius_grid)``.
 
     Candidate sites are processed in chunks so memory stays bounded for large N.
@@ -74,7 +104,7 @@ def greedy_action(env: CoverageEnv, radius_grid: int = 11) -> tuple[Tensor, Tens
 
 
 def run_episodes(
-    env: CoverageEnv, policy: Policy, instances: tuple[Tensor, Tensor] | None = None
+    env: CoverageState, policy: Policy, instances: tuple[Tensor, Tensor] | None = None
 ) -> Tensor:
     """Play one episode in every env and return each env's episode return.
 
@@ -102,14 +132,14 @@ def run_episodes(
 
 
 def greedy_returns(
-    env: CoverageEnv, instances: tuple[Tensor, Tensor] | None = None, radius_grid: int = 11
+    env: CoverageState, instances: tuple[Tensor, Tensor] | None = None, radius_grid: int = 11
 ) -> Tensor:
     """Episode returns of :func:`greedy_action` on ``instances`` (or fresh ones). Shapes: ``[B]``."""
     return run_episodes(env, lambda obs, e: greedy_action(e, radius_grid), instances)
 
 
 def random_returns(
-    env: CoverageEnv, instances: tuple[Tensor, Tensor] | None = None, seed: int = 0
+    env: CoverageState, instances: tuple[Tensor, Tensor] | None = None, seed: int = 0
 ) -> Tensor:
     """Episode returns of :func:`random_action` seeded with ``seed``. Shapes: ``[B]``."""
     generator = torch.Generator().manual_seed(seed)

@@ -18,6 +18,7 @@ from wsa_lab.models.gpu import GPUConfig, accelerated, autocast, prepare_cnn_bod
 from wsa_lab.models.heads import HybridAction, HybridActionHead, mlp
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
+from wsa_lab.models.rollout_record import RolloutRecord
 from wsa_lab.errors import ConfigError
 from wsa_lab.config.strict import check_range, structured
 
@@ -82,9 +83,10 @@ class ActorCritic(nn.Module):
     """An actor (Standard or WSA-Enhanced), the hybrid action head and a critic on the same features.
 
     Interface follows CleanRL: `get_value(obs)` and `get_action_and_value(obs, action=None)`, on a
-    :class:`~wsa_lab.contract.GraphBatch`. Both take optional `cached_features`: the frozen PTMs' backbone
-    outputs for these states, which PPO's rollout gets from :meth:`rollout_step` (the frozen-feature cache,
-    when `frozen_feature_cache` is true) and passes back in the update epochs. `gpu` holds the CUDA-only
+    :class:`~wsa_lab.contract.GraphBatch`, plus :meth:`rollout_step` for PPO's rollout, which fills
+    :attr:`rollout` (:class:`~wsa_lab.models.rollout_record.RolloutRecord`): the frozen PTMs' backbone outputs
+    (the frozen-feature cache, when `frozen_feature_cache` is true), which the update epochs pass back as
+    `cached_features`, and the WSA diagnostics (`log_attention`, `log_features`). `gpu` holds the CUDA-only
     options (see :mod:`wsa_lab.models.gpu`), applied by :meth:`to` when the model moves to a GPU and by the
     forward passes there.
     """
@@ -100,6 +102,8 @@ class ActorCritic(nn.Module):
         raster_size: Optional[int] = None,
         attention_lr_scale: float = 1.0,
         uniform_warmup_steps: int = 0,
+        log_attention: bool = True,
+        log_features: bool = True,
     ) -> None:
         super().__init__()
         self.actor = actor
@@ -115,6 +119,7 @@ class ActorCritic(nn.Module):
         # the design summary's attention knobs, applied by the trainer (param_groups, hold_uniform)
         self.attention_lr_scale = attention_lr_scale
         self.uniform_warmup_steps = uniform_warmup_steps
+        self.rollout = RolloutRecord(self.ptm_names, log_attention, log_features)
 
     @property
     def uses_wsa(self) -> bool:
@@ -207,14 +212,19 @@ class ActorCritic(nn.Module):
     ) -> PolicyStep:
         return self._policy_step(self._inputs(obs, cached_features), action, deterministic)
 
-    def rollout_step(self, obs: GraphBatch) -> tuple[PolicyStep, dict[int, Tensor]]:
-        """`get_action_and_value(obs)` plus the frozen PTMs' features for the cache (empty when it is off).
+    def rollout_step(self, obs: GraphBatch, step: int) -> PolicyStep:
+        """`get_action_and_value(obs)` at step `step` of a PPO rollout, recorded in :attr:`rollout` (step 0
+        starts a new record): the frozen PTMs' features for the cache, the fusion's output for the diagnostics.
 
         One `StateInputs` (graph adjacency, image layout) serves both the frozen backbones and the actor.
         """
+        if step == 0:
+            self.rollout.start()
         inputs = self._inputs(obs)
         cached = self._frozen_features(inputs) if self.cacheable else {}
-        return self._policy_step(inputs._replace(cached_features=cached or None)), cached
+        out = self._policy_step(inputs._replace(cached_features=cached or None))
+        self.rollout.add(cached, out.features.fusion)
+        return out
 
     def _policy_step(
         self, inputs: StateInputs, action: Optional[HybridAction] = None, deterministic: bool = False
@@ -265,7 +275,7 @@ def build_actor_critic(
     image_channels, image_side = (obs.image_shape[0], obs.image_shape[1]) if obs.has_image else (node_dim, raster_size)
     rasterise = False
     if wsa_cfg.enabled:
-        structured(WSALoggingConfig, wsa_cfg.logging, "actor_critic.wsa.logging")
+        logging = structured(WSALoggingConfig, wsa_cfg.logging, "actor_critic.wsa.logging")
         attention = structured(AttentionConfig, wsa_cfg.attention, "actor_critic.wsa.attention")
         specs = [
             structured(PTMSpec, entry, f"actor_critic.wsa.pretrained_models[{i}]")
@@ -319,6 +329,7 @@ def build_actor_critic(
     return ActorCritic(
         actor, action_spec, head_hidden_dim, init_log_std, frozen_feature_cache, gpu_cfg,
         raster_size if rasterise else None, attention.lr_scale, attention.uniform_warmup_steps,
+        logging.log_attention_weights, logging.log_features,
     )
 
 

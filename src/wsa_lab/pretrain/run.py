@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
+from wsa_lab.build import close_env, make_env  # the env exactly as training makes it
 from wsa_lab.checkpoint import load_latest, save_checkpoint, save_rotating
 from wsa_lab.config.validate import resolve_device
 from wsa_lab.contract import GraphBatch, specs
@@ -82,8 +83,6 @@ def _snapshot(cfg: DictConfig) -> dict[str, Any]:
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Pre-train the configured PTM on the env's random-play states; return what was written (see module doc)."""
-    from wsa_lab.train import make_env  # the env exactly as training makes it
-
     check_name(cfg.name)
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"objective={cfg.objective!r}: choose one of {list(OBJECTIVES)}")
@@ -127,9 +126,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         keep = (lambda obs: images_of(obs, raster)) if ptm.is_image else (lambda obs: obs.to("cpu"))
         states = collect_states(env, act_spec, budget.collect_steps, cfg.seed, keep, cfg.get("progress_bar", True))
     finally:
-        close = getattr(env, "close", None)
-        if close is not None:
-            close()
+        close_env(env)
     data: Tensor | GraphBatch = torch.cat(states) if ptm.is_image else GraphBatch.cat(states)
     count = data.shape[0] if ptm.is_image else data.num_graphs
     log.info("collected %d states from env %s", count, cfg.env.get("id") or cfg.env._target_)

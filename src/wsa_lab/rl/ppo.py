@@ -3,7 +3,9 @@
 One `PPO.iterate()` = one rollout of `num_steps` x `num_envs` steps + `update_epochs` epochs of
 minibatch updates. Metrics use CleanRL's names and are keyed by `global_step` (env steps). The env is any
 :class:`~wsa_lab.contract.VectorGraphEnv`; observations are :class:`~wsa_lab.contract.GraphBatch`es (graphs of
-any sizes), stored one per rollout step and joined for the update.
+any sizes), stored one per rollout step and joined for the update. The agent is driven through CleanRL's
+`get_value` / `get_action_and_value`, plus `rollout_step` in the rollout: the agent records what it needs of the
+rollout there (the frozen-feature cache the update reads back, and the WSA diagnostics).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ from torch import Tensor, nn
 from wsa_lab.contract import GraphBatch, VectorGraphEnv, env_label
 from wsa_lab.errors import EnvError, TrainingDivergedError
 from wsa_lab.models import ActorCritic, HybridAction
-from wsa_lab.models.attention import feature_norm_imbalance, feature_similarity
-from wsa_lab.models.gpu import to_host
 from wsa_lab.config.schema import PPOConfig
 
 
@@ -44,12 +44,8 @@ def compute_gae(
 class PPO:
     """Owns the optimiser, the rollout buffers and the env's running state."""
 
-    def __init__(
-        self, agent: ActorCritic, env: VectorGraphEnv, cfg: PPOConfig, log_attention: bool = True, log_features: bool = True,
-        reset_seed: int | None = None,
-    ) -> None:
+    def __init__(self, agent: ActorCritic, env: VectorGraphEnv, cfg: PPOConfig, reset_seed: int | None = None) -> None:
         self.agent, self.env, self.cfg = agent, env, cfg
-        self.log_attention, self.log_features = log_attention, log_features
         self.device = env.device
         # parameter groups: the attention's own learning rate (actor_critic.wsa.attention.lr_scale)
         self.optimizer = torch.optim.Adam(agent.param_groups(cfg.learning_rate), lr=cfg.learning_rate, eps=1e-5)
@@ -65,10 +61,8 @@ class PPO:
         self.rewards = torch.zeros(T, B, device=self.device)
         self.dones = torch.zeros(T, B, device=self.device)
         self.values = torch.zeros(T, B, device=self.device)
-        self.frozen_feats: dict[int, Tensor] = {}  # frozen-feature cache: PTM index -> (T, B, D), see collect_rollout
         self.start_time = time.time()
         self.start_step = 0
-        self.last_attention: Tensor | None = None  # (T*B, P) weights of the last rollout, for histograms
 
     # ------------------------------------------------------------------ rollout
     @torch.no_grad()
@@ -79,27 +73,15 @@ class PPO:
         self.agent.train()
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
-        attention, features = [], []
-        # Frozen-feature cache: frozen PTM backbones run once per env step, here; the update reuses the result.
-        use_cache = self.agent.cacheable
-        if not use_cache:
-            self.frozen_feats = {}
         spec = self.agent.action_spec
         for step in range(self.cfg.num_steps):
             self.global_step += self.env.num_envs
             self.obs[step] = self.next_obs
             self.dones[step] = self.next_done
-            out, cached = self.agent.rollout_step(self.next_obs)
-            if cached:
-                self._store_frozen(step, cached)
+            out = self.agent.rollout_step(self.next_obs, step)  # frozen PTMs run here, once per env step
             self.values[step] = out.value
             self.nodes[step], self.continuous[step] = out.action.node, out.action.continuous
             self.logprobs[step] = out.log_prob
-            fusion = out.features.fusion
-            if fusion is not None:
-                if fusion.weights is not None:
-                    attention.append(fusion.weights)
-                features.append(fusion.features)
             try:
                 obs, reward, terminated, truncated, info = self.env.step(
                     out.action.node, spec.policy_to_env(out.action.continuous)
@@ -126,46 +108,7 @@ class PPO:
         if episode_returns:
             stats["charts/episodic_return"] = float(np.mean(episode_returns))
             stats["charts/episodic_length"] = float(np.mean(episode_lengths))
-        stats.update(self._wsa_stats(attention, features))
-        return stats
-
-    def _store_frozen(self, step: int, cached: dict[int, Tensor]) -> None:
-        for i, feat in cached.items():
-            buf = self.frozen_feats.get(i)
-            if buf is None or buf.shape[1:] != feat.shape or buf.dtype != feat.dtype:
-                buf = self.frozen_feats[i] = feat.new_zeros((self.cfg.num_steps,) + feat.shape)
-            buf[step] = feat
-
-    def _wsa_stats(self, attention: list[Tensor], features: list[Tensor]) -> dict[str, float]:
-        """The design summary's monitoring metrics over the rollout's states.
-
-        ``wsa/attention_weights_<i>``, ``wsa/attention_entropy``, ``wsa/feature_norms_<i>``, and its
-        troubleshooting checks: ``wsa/feature_similarity/<a>__<b>`` (mean cosine similarity of two PTMs' adapted
-        features, state by state: "features are diverse"), ``wsa/feature_cka/<a>__<b>`` (linear CKA over the
-        states) and ``wsa/feature_norm_imbalance`` (largest / smallest mean feature norm: "norms are balanced").
-        """
-        stats: dict[str, float] = {}
-        if attention:
-            weights = torch.cat(attention)  # (T*B, P)
-            self.last_attention = to_host(weights)
-            if self.log_attention:
-                for i, w in enumerate(weights.mean(0).tolist()):
-                    stats[f"wsa/attention_weights_{i}"] = w
-                entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)
-                stats["wsa/attention_entropy"] = entropy.mean().item()
-        if features and self.log_features:
-            feats = torch.cat(features).float()  # (T*B, P, F)
-            for i, n in enumerate(feats.norm(dim=-1).mean(0).tolist()):
-                stats[f"wsa/feature_norms_{i}"] = n
-            names = self.agent.ptm_names  # unique (checked when the extractor is built)
-            if len(names) >= 2:
-                similarity = feature_similarity(feats)
-                for i in range(len(names)):
-                    for j in range(i + 1, len(names)):
-                        pair = f"{names[i]}__{names[j]}"
-                        stats[f"wsa/feature_similarity/{pair}"] = similarity.cosine[i, j].item()
-                        stats[f"wsa/feature_cka/{pair}"] = similarity.cka[i, j].item()
-                stats["wsa/feature_norm_imbalance"] = feature_norm_imbalance(feats)
+        stats.update(self.agent.rollout.metrics())
         return stats
 
     # ------------------------------------------------------------------ update
@@ -181,7 +124,6 @@ class PPO:
         b_nodes, b_continuous = self.nodes.reshape(-1), self.continuous.flatten(0, 1)
         b_logprobs, b_adv = self.logprobs.reshape(-1), advantages.reshape(-1)
         b_returns, b_values = returns.reshape(-1), self.values.reshape(-1)
-        b_frozen = {i: t.reshape((-1,) + t.shape[2:]) for i, t in self.frozen_feats.items()}  # empty: cache off
 
         self.agent.train()
         clipfracs: list[float] = []
@@ -191,7 +133,7 @@ class PPO:
                 mb = perm[start : start + cfg.minibatch_size]
                 out = self.agent.get_action_and_value(
                     b_obs.select(mb), HybridAction(b_nodes[mb], b_continuous[mb]),
-                    cached_features={i: t[mb] for i, t in b_frozen.items()} or None,
+                    cached_features=self.agent.rollout.cached_features(mb),
                 )
                 logratio = out.log_prob - b_logprobs[mb]
                 ratio = logratio.exp()

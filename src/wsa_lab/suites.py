@@ -8,12 +8,12 @@ from the run's env config (``cfg.env``: any env of the graph env contract, e.g. 
   ``kwargs.num_jobs: 2`` for a Gymnasium env whose constructor arguments live under ``env.kwargs``.
   Integers round half up (at least 1); a null value stays null;
 - ``env``: replace keys, merged into nested mappings (``env: {kwargs: {num_jobs: 8}}`` changes one argument);
-- coverage env only (``env=coverage``), played by :class:`ShiftedCoverageEnv`: ``demand_sigma`` (log-std of
+- coverage env only (``env=coverage``), played by :class:`~wsa_lab.envs.ShiftedCoverageEnv`: ``demand_sigma`` (log-std of
   the log-normal demand weights: the generator's is 1, 0 gives uniform demand, 2 a heavier tail; positions
   are those drawn without it) and ``country`` / ``min_population`` (the country's ``num_nodes`` most
   populous cities, :mod:`wsa_lab.envs.cities`, instead of generated instances: one instance).
 
-The condition's env is built like the run's own (``wsa_lab.train.make_env``) with ``num_envs`` = the
+The condition's env is built like the run's own (:func:`wsa_lab.build.make_env`) with ``num_envs`` = the
 evaluation's ``num_instances`` (a city condition: 1) and ``seed`` = the evaluation's seed; its held-out
 episodes are the ones ``reset(seed)`` starts, the same for every run of a comparison. What wsa_lab sets
 itself (``num_envs``, ``seed``, ``device``) cannot change, and the condition's env must read and act like
@@ -32,20 +32,19 @@ from typing import Any, Mapping, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
+from wsa_lab.build import close_env, make_env
+from wsa_lab.config.validate import ENV_KWARGS_SET_BY_WSA_LAB, check_kwargs, env_target
 from wsa_lab.contract import ActionSpec, ObservationSpec, VectorGraphEnv, specs
+from wsa_lab.envs import CoverageEnv
+from wsa_lab.envs.shifted import DEFAULT_MIN_POPULATION
 from wsa_lab.errors import ConfigError
-
-from .cities import city_instance
-from .coverage import CoverageEnv
-from .instances import knn_neighbors
+from wsa_lab.rl.evaluation import Evaluator
+from wsa_lab.config.strict import structured
 
 #: The coverage-only condition fields (a ConfigError for other envs).
 COVERAGE_FIELDS = ("demand_sigma", "country", "min_population")
-#: GeoNames file used when a country condition names no ``min_population``.
-DEFAULT_MIN_POPULATION = 15000
-SHIFTED_COVERAGE_TARGET = "wsa_lab.envs.suites.ShiftedCoverageEnv"
+SHIFTED_COVERAGE_TARGET = "wsa_lab.envs.ShiftedCoverageEnv"
 
 
 @dataclass
@@ -90,15 +89,13 @@ class Condition:
         return out
 
     def config(self) -> DictConfig:
-        """A config holding this condition's ``env`` (what ``wsa_lab.train.make_env`` reads)."""
+        """A config holding this condition's ``env`` (what :func:`wsa_lab.build.make_env` reads)."""
         return OmegaConf.create({"env": copy.deepcopy(self.env)})
 
 
 # ---------------------------------------------------------------------------------------------- resolving
 def _is_coverage(env: Mapping[str, Any]) -> bool:
     """Whether ``env._target_`` names the built-in coverage env (or a subclass)."""
-    from wsa_lab.config.validate import env_target  # imports the models: not at import time of wsa_lab.envs
-
     target = env_target(OmegaConf.create({"_target_": env.get("_target_")}))
     return isinstance(target, type) and issubclass(target, CoverageEnv)
 
@@ -144,8 +141,6 @@ def _scaled(current: Any, factor: Any, where: str) -> Any:
 
 def _check_top_keys(keys: list[str], env: Mapping[str, Any], where: str) -> None:
     """A condition may not touch what wsa_lab sets, nor a key the env's class does not take (did-you-mean)."""
-    from wsa_lab.config.validate import ENV_KWARGS_SET_BY_WSA_LAB, check_kwargs, env_target
-
     for key in keys:
         if key in ENV_KWARGS_SET_BY_WSA_LAB or key == "_target_":
             raise ConfigError(f"{where}.{key}: cannot be changed by an evaluation condition (wsa_lab sets it)")
@@ -213,8 +208,6 @@ def build_conditions(
     overrides: Optional[Mapping[str, Any]] = None,
 ) -> list[Condition]:
     """Every condition of a suite, resolved against ``base_env``, in the suite's order."""
-    from wsa_lab.config.strict import structured
-
     if isinstance(conditions, DictConfig):
         conditions = OmegaConf.to_container(conditions, resolve=True)
     if isinstance(base_env, DictConfig):
@@ -243,7 +236,7 @@ class PreparedCondition:
 
     condition: Condition
     env: VectorGraphEnv
-    evaluator: Any  # wsa_lab.rl.Evaluator (imported lazily: it pulls in the models)
+    evaluator: Evaluator
     observation_spec: ObservationSpec
     action_spec: ActionSpec
 
@@ -265,9 +258,7 @@ class PreparedCondition:
             )
 
     def close(self) -> None:
-        close = getattr(self.env, "close", None)
-        if close is not None:
-            close()
+        close_env(self.env)
 
 
 def spec_differences(trained: tuple[ObservationSpec, ActionSpec], other: tuple[ObservationSpec, ActionSpec]) -> list[str]:
@@ -289,9 +280,6 @@ def prepare_condition(
 ) -> PreparedCondition:
     """Build the condition's env (``num_instances`` envs unless the condition fixes it) and compute its references
     on the episodes ``reset(seed)`` starts."""
-    from wsa_lab.rl.evaluation import Evaluator  # imports the models: not at import time of wsa_lab.envs
-    from wsa_lab.train import make_env
-
     if num_instances < 1:
         raise ConfigError(f"num_instances must be >= 1, got {num_instances}")
     try:
@@ -301,55 +289,5 @@ def prepare_condition(
     try:
         return PreparedCondition(condition, env, Evaluator(env, seed), *specs(env))
     except BaseException:
-        close = getattr(env, "close", None)
-        if close is not None:
-            close()
+        close_env(env)
         raise
-
-
-# ---------------------------------------------------------------------------------------------- coverage
-class ShiftedCoverageEnv(CoverageEnv):
-    """:class:`CoverageEnv` whose instances come from a shifted source: the coverage-only conditions.
-
-    ``reset(seed)`` plays the same instances for the same seed, like the coverage env's own, so the generic
-    evaluation path (``play``, ``reference_returns``) serves these conditions too:
-
-    - ``demand_sigma``: the generator's instances with the demand redrawn right after them from the env's
-      generator, weights ``exp(sigma * N(0, 1))`` normalised to sum 1 (positions equal those of a plain
-      ``CoverageEnv`` with the same seed);
-    - ``country``: a fixed instance, the country's ``num_nodes`` most populous cities (cities with at least
-      ``min_population`` inhabitants), population share as demand, in every env of the batch.
-
-    Other arguments: :class:`CoverageEnv`'s.
-    """
-
-    def __init__(
-        self,
-        demand_sigma: Optional[float] = None,
-        country: Optional[str] = None,
-        min_population: int = DEFAULT_MIN_POPULATION,
-        **kwargs: Any,
-    ) -> None:
-        if demand_sigma is not None and demand_sigma < 0:
-            raise ValueError(f"demand_sigma must be >= 0, got {demand_sigma}")
-        if demand_sigma is not None and country is not None:
-            raise ValueError("demand_sigma does not apply to city instances (demand = population)")
-        self.demand_sigma, self.country, self.min_population = demand_sigma, country, min_population
-        self._city: Optional[tuple[Tensor, Tensor]] = None
-        super().__init__(**kwargs)
-
-    def _sample(self, count: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(pos [count, N, 2], demand [count, N], neighbors [count, N, k]) from the shifted source."""
-        if self.country is not None:
-            if self._city is None:  # loaded once (CoverageEnv's constructor resets: num_nodes is set by then)
-                city = city_instance(self.country, self.num_nodes, self.min_population)
-                self._city = (city.pos.unsqueeze(0).to(self.device), city.demand.unsqueeze(0).to(self.device))
-            # copies (repeat, not expand): the env writes its instances in place when it autoresets
-            pos, demand = self._city[0].repeat(count, 1, 1), self._city[1].repeat(count, 1)
-            return pos, demand, knn_neighbors(pos, self.knn_k)
-        pos, demand, neighbors = super()._sample(count)
-        if self.demand_sigma is not None:  # redraw demand only: positions stay those of the default demand
-            g = self._generator
-            weights = torch.exp(self.demand_sigma * torch.randn(pos.shape[:2], generator=g, device=g.device))
-            demand = (weights / weights.sum(dim=1, keepdim=True)).to(device=self.device, dtype=torch.float32)
-        return pos, demand, neighbors

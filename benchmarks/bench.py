@@ -1,6 +1,6 @@
-"""`python -m wsa_lab.bench`: how fast each ablation arm trains, measured side by side in one process.
+"""`python benchmarks/bench.py`: how fast each ablation arm trains, measured side by side in one process.
 
-For every arm it builds the env, actor-critic and PPO exactly as `train` does (from `conf/`), then runs
+For every arm it builds the env, actor-critic and PPO with `train`'s builders (`wsa_lab.build`), then runs
 PPO iterations (rollout + update) round-robin over the arms: one warm-up round, then `--repeats` rounds,
 reporting medians. Per arm: env steps per second of the rollout, of the update and overall, the share of
 the iteration spent in the environment (step + observation + rendering), and the peak memory (CPU: peak
@@ -10,9 +10,12 @@ PTM count, gradient checkpointing on/off at a large image, the coverage env thro
 count, and a check that the evaluation set's reference returns are computed once. Prints tables and writes
 everything to a JSON file. Timers wrap the env from outside (:class:`TimedEnv`); no production method is replaced.
 
-    python -m wsa_lab.bench                    # everything (~20 min on 2 CPU cores)
-    python -m wsa_lab.bench --only arms        # the five main arms only
-    python -m wsa_lab.bench --profile          # + the top ops of one update per main arm
+    python benchmarks/bench.py                    # everything (~20 min on 2 CPU cores)
+    python benchmarks/bench.py --only arms        # the five main arms only
+    python benchmarks/bench.py --profile          # + the top ops of one update per main arm
+
+(`python -m benchmarks.bench` from the repository root does the same.) It is a script beside the package, not part
+of it: `wsa_lab` must be importable (installed, or its `src` on PYTHONPATH).
 
 ImageNet files are not needed: when they are missing (`--weights auto`), same-shaped random state dicts
 stand in for them (timings do not depend on the values) and the output says so.
@@ -36,7 +39,11 @@ from typing import Any, Callable
 
 import torch
 
+from wsa_lab.build import build_training, make_env
+from wsa_lab.config.validate import validate
 from wsa_lab.files import write_text_atomic
+from wsa_lab.resources import estimate_memory
+from wsa_lab.rl import Evaluator
 
 # Main arms: the issue's comparison (standard actor vs WSA-3, with the frozen-feature cache on and off).
 ALL_FROZEN = ["ptm.graph_cnn.freeze_backbone=true", "ptm.resnet18_random.freeze_backbone=true"]
@@ -128,18 +135,12 @@ class TimedEnv:
 
 
 def build_arm(name: str, overrides: list[str], device: str, workdir: str) -> Arm:
-    from wsa_lab.config.validate import validate
-    from wsa_lab.rl import PPO
-    from wsa_lab.seeding import deterministic_kernels, seed_everything
-    from wsa_lab.train import make_agent, make_env
-
+    """The arm's env, agent and PPO, built by `wsa_lab.build` as a run builds them (without the evaluator), with
+    :class:`TimedEnv` around the training env."""
     cfg = compose([*overrides, f"device={device}", "seed=0"], os.path.join(workdir, name))
     settings = validate(cfg)
-    deterministic_kernels(settings.device, settings.deterministic)
-    seed_everything(cfg.seed)
-    env = TimedEnv(make_env(cfg, num_envs=settings.algo.num_envs, seed=cfg.seed, device=settings.device), settings.device)
-    agent = make_agent(cfg, env).to(settings.device)
-    ppo = PPO(agent, env, settings.algo, reset_seed=cfg.seed)
+    built = build_training(cfg, settings, [], evaluation=False, wrap_env=lambda env: TimedEnv(env, settings.device))
+    agent, env, ppo = built.agent, built.env, built.ppo
     params = list(agent.parameters())
     env_cfg = cfg.env.get("kwargs") or cfg.env  # the coverage env's sizes, whether batched or through env=gym
     num_nodes = int(env_cfg.get("num_nodes", 50))
@@ -229,7 +230,7 @@ def peak_rss_subprocess(overrides: list[str], device: str) -> dict[str, float]:
     """Peak RSS of a fresh process that builds the arm and runs one iteration (CPU memory per arm)."""
     probe = json.dumps({"overrides": overrides, "device": device})
     proc = subprocess.run(
-        [sys.executable, "-m", "wsa_lab.bench", "--probe-memory", probe], capture_output=True, text=True, check=False
+        [sys.executable, __file__, "--probe-memory", probe], capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed for {overrides}:\n{proc.stderr[-2000:]}")
@@ -239,15 +240,11 @@ def peak_rss_subprocess(overrides: list[str], device: str) -> dict[str, float]:
 def probe_memory(spec: str) -> None:
     """Child side of `peak_rss_subprocess`: print {rss_start_mib, estimate_mib, rss_build_mib, rss_peak_mib,
     update_s} as JSON (`estimate_mib`: the start-up memory estimate of wsa_lab.resources for this config)."""
-    from wsa_lab.config.validate import env_target, validate
-    from wsa_lab.resources import estimate_memory
-    from wsa_lab.train import make_env
-
     args = json.loads(spec)
     with tempfile.TemporaryDirectory() as workdir:
         cfg = compose([*args["overrides"], f"device={args['device']}", "seed=0"], os.path.join(workdir, "estimate"))
         rss_start = _max_rss_mib()
-        estimate = estimate_memory(cfg, validate(cfg), make_env, env_target(cfg.env)).total / 2**20
+        estimate = estimate_memory(cfg, validate(cfg)).total / 2**20
         arm = build_arm("probe", args["overrides"], args["device"], workdir)
         rss_build = _max_rss_mib()
         sample = run_iteration(arm)
@@ -294,10 +291,6 @@ class CountedReferences:
 
 def reference_check(arm: Arm, overrides: list[str], workdir: str, evaluations: int = 3) -> dict[str, Any]:
     """Build the run's Evaluator and evaluate several times: the references are computed only at construction."""
-    from wsa_lab.config.validate import validate
-    from wsa_lab.rl import Evaluator
-    from wsa_lab.train import make_env
-
     cfg = compose([*overrides, f"device={arm.device}"], os.path.join(workdir, "evaluator"))
     ev = validate(cfg).evaluation
     start = time.perf_counter()
@@ -463,7 +456,7 @@ def machine_info(device: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m wsa_lab.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.splitlines()[0])
     sections = ["arms", "gym", "mixed", "nodes", "ptms", "checkpoint", "references", "memory"]
     parser.add_argument("--only", nargs="+", choices=sections, default=sections, help="sections to run")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds of the main arms (median); default 5")
@@ -500,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     image = QUICK_IMAGE if args.quick else CHECKPOINT_IMAGE
     memory = not args.no_memory and not args.device.startswith("cuda")
     report: dict[str, Any] = {
-        "command": "python -m wsa_lab.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info(args.device),
         "settings": {"repeats": args.repeats, "sweep_repeats": args.sweep_repeats, "warmup": args.warmup,
                      "stat": args.stat, "overrides": common},
@@ -511,7 +504,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["weights"] = note
         if weights_dir:
             common = [*common, f"paths.weights_dir={weights_dir}"]
-        log(f"wsa_lab.bench: {note}; torch threads {torch.get_num_threads()}; device {args.device}")
+        log(f"bench: {note}; torch threads {torch.get_num_threads()}; device {args.device}")
 
         def run_group(title: str, configs: dict[str, list[str]], repeats: int) -> list[dict[str, Any]]:
             log(f"{title}: building {len(configs)} configurations")
@@ -631,7 +624,7 @@ def checkpoint_gradient_diff(off: list[str], on: list[str], device: str, workdir
 
 
 def render(report: dict[str, Any]) -> str:
-    out = [f"# wsa_lab.bench  ({report['machine']['device']}, {report['machine']['torch_threads']} threads, "
+    out = [f"# benchmarks/bench.py  ({report['machine']['device']}, {report['machine']['torch_threads']} threads, "
            f"{report['weights']})", ""]
     if "arms" in report:
         stat = report["settings"]["stat"]

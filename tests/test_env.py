@@ -393,16 +393,19 @@ def test_greedy_beats_random():
 
 
 def test_envs_sit_below_the_trainer():
-    """`wsa_lab.envs` (the coverage env and its reference policies) loads only the contract: no models, trainer,
-    config or evaluation suites, also when it computes its references."""
+    """`wsa_lab.envs` (the coverage env and its reference policies) loads only the contract and the config files'
+    defaults: no models, trainer, config validation or evaluation suites, also when it computes its references."""
     code = (
         "import json, sys, wsa_lab.envs as e; "
         "e.CoverageEnv(num_envs=2, num_nodes=12, num_sites=2, knn_k=3).reference_returns(); "
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('wsa_lab.'))))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    loaded = {name.split(".")[1] for name in json.loads(proc.stdout.splitlines()[-1])}
-    assert loaded <= {"contract", "envs", "errors", "schema"}, loaded
+    modules = json.loads(proc.stdout.splitlines()[-1])
+    loaded = {name.split(".")[1] for name in modules}
+    assert loaded <= {"contract", "envs", "errors", "config", "conf_files"}, loaded
+    # of the config package only the defaults and the strict converter: never the validation, which builds models
+    assert {m for m in modules if m.startswith("wsa_lab.config.")} <= {"wsa_lab.config.resolvers", "wsa_lab.config.strict"}
 
 
 def test_run_episodes_respects_time_limit():

@@ -13,10 +13,10 @@ import torch
 
 from conftest import compose_config
 from test_train import TINY, without_timing
-from wsa_lab.checkpoint import CheckpointError, load_checkpoint, load_latest, save_rotating
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError
-from wsa_lab.resume import truncate_metrics
+from wsa_lab.run.checkpoint import CheckpointError, load_checkpoint, load_latest, save_rotating
+from wsa_lab.run.folder import truncate_metrics
 from wsa_lab.tracking import Tracker, read_metrics
 from wsa_lab.train import train
 

@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import torch
 
-from wsa_lab.files import write_text_atomic
+from wsa_lab.run.atomic import write_text_atomic
 
 # Main arms: the comparison (standard actor vs WSA-3, with the frozen-feature cache on and off).
 ALL_FROZEN = ["ptm.graph_cnn.freeze_backbone=true", "ptm.resnet18_random.freeze_backbone=true"]

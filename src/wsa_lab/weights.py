@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from wsa_lab.errors import ConfigError
+from wsa_lab.errors import ConfigError, print_error
 from wsa_lab.models.weights import (
     ALLOW_UNVERIFIED_ENV,
     allow_unverified,
@@ -107,13 +107,11 @@ def main(argv: list[str] | None = None) -> int:
                     why = f"HTTP {exc.code} {exc.reason}"
                 else:
                     why = f"no network: {reason}"
-                print(f"{PROG}: error: cannot download {enum.url} ({why}); download it on a machine with network "
-                      f"and copy it to {dst}", file=sys.stderr)
-                return 1
+                return print_error(PROG, f"cannot download {enum.url} ({why}); download it on a machine with network "
+                                         f"and copy it to {dst}")
             except (RuntimeError, OSError) as exc:  # torch.hub's "invalid hash value", a full disk, a read-only folder
-                print(f"{PROG}: error: cannot download {enum.url} to {dst} ({' '.join(str(exc).split())}); "
-                      f"download it by hand and copy it there", file=sys.stderr)
-                return 1
+                return print_error(PROG, f"cannot download {enum.url} to {dst} ({' '.join(str(exc).split())}); "
+                                         f"download it by hand and copy it there")
             state, path, detail = _status(name, enum.url, args.weights_dir)
             detail = f"downloaded; {detail}"
         bad += state != "ok"

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsa_lab.conf_files import yaml_defaults
 from wsa_lab.errors import ConfigError
-from wsa_lab.guard import check_secrets
+from wsa_lab.run.startup import check_secrets
 from wsa_lab.schema import check_range, structured, unknown_key_error
 from wsa_lab.tracking.health import HealthConfig
 
@@ -89,7 +89,7 @@ def logger_settings(cfg: DictConfig) -> LoggerSettings:
 
     `logger.console` is validated by `wsa_lab.config.validate`.
     """
-    check_secrets(cfg)  # one place decides what a secret is (wsa_lab.guard)
+    check_secrets(cfg)  # one place decides what a secret is (wsa_lab.run.startup)
     node = cfg.get("logger") or {}
     entries = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     known = ("console", "health", "wandb", "tensorboard")

@@ -3,8 +3,8 @@
     with RunFolder(run_dir) as folder:      # the lock (RunFolderBusyError if a live run holds the folder)
         found = folder.accept_resume(snapshot, resume=cfg.resume, required=KEYS)   # reads only; may refuse
         folder.write_resolved_config(cfg)   # accepted: from here on the run writes
-        folder.restart(found, resume=cfg.resume) ...
-        folder.save_checkpoint(state)
+        if found is None: folder.start_over(...)  else: folder.resume_metrics_at(step)
+        folder.save_checkpoint(state)       # as often as the run likes
 
 A run whose folder holds `checkpoints/last.pt` (or `prev.pt`) continues from it: `train` restores the model,
 optimiser, RNG states, the env's episodes in flight, the step counters and the evaluation history, and
@@ -122,7 +122,9 @@ class RunFolder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def accept_resume(self, snapshot: dict[str, Any], resume: bool, required: tuple[str, ...] = ()) -> Checkpoint | None:
+    def accept_resume(
+        self, snapshot: dict[str, Any], resume: bool, required: tuple[str, ...] = ()
+    ) -> Checkpoint | None:
         """The checkpoint this run continues from (None: a fresh start), or a ConfigError refusing a checkpoint of
         another config. Reads only: nothing in the folder is written before the run is accepted."""
         if not resume:

@@ -106,7 +106,10 @@ def run_state(folder: str | Path) -> dict[str, Any]:
         summary = read_summary(folder)
     except (OSError, RunFileError):  # being replaced right now
         summary = {}
-    return {"status": summary.get("status"), "global_step": summary.get("global_step"), "checkpoint": newest_checkpoint(folder)}
+    return {
+        "status": summary.get("status"), "global_step": summary.get("global_step"),
+        "checkpoint": newest_checkpoint(folder),
+    }
 
 
 def run_folders_below(root: Path, is_run: Callable[[Path], bool]) -> Iterator[Path]:

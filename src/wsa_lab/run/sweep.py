@@ -195,6 +195,11 @@ class SweepIndex(Callback):
     def __init__(self) -> None:
         self.folders: dict[str, RunFolder] = {}  # run/job folder -> the RunFolder this process opened
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the open folders: their locks belong to this process (submitit pickles Hydra's callbacks with
+        the launcher when it requeues a job; the next attempt opens the folder again)."""
+        return {**self.__dict__, "folders": {}}
+
     def _open(self, folder: Path, hint: str) -> None:
         key = os.path.abspath(folder)
         if key not in self.folders:

@@ -41,7 +41,7 @@ import torch
 
 from wsa_lab.build import build_training, make_env
 from wsa_lab.config.validate import validate
-from wsa_lab.files import write_text_atomic
+from wsa_lab.run.atomic import write_text_atomic
 from wsa_lab.resources import estimate_memory
 from wsa_lab.rl import Evaluator
 

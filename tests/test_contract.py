@@ -17,10 +17,10 @@ from gymnasium import spaces
 
 from conftest import REPO, actor_critic_kwargs, compose_config, subprocess_env
 from test_train import TINY, without_timing
-from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.contract import GraphBatch, GymVectorGraphEnv, action_spec, observation_spec, ratio_to_reference, specs
 from wsa_lab.errors import ConfigError, EnvContractError, EnvError
 from wsa_lab.models import build_actor_critic
+from wsa_lab.run.checkpoint import load_checkpoint
 from wsa_lab.tracking import read_metrics
 from wsa_lab.train import train
 

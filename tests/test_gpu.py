@@ -12,8 +12,8 @@ import torch
 
 from test_cache import ALL_FROZEN, HYBRID, one_iteration
 from test_train import run, without_timing
-from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.evaluate import evaluate_runs
+from wsa_lab.run.checkpoint import load_checkpoint
 from wsa_lab.tracking import read_metrics
 
 pytestmark = [

@@ -9,6 +9,7 @@ The fast tests run in-process or with tiny helper processes. The `slow` ones dri
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -25,12 +26,12 @@ import wsa_lab.train as train_module
 from conftest import compose_config, subprocess_env
 from test_resume import crash_after_logging
 from test_train import TINY
-from wsa_lab import runlock
-from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.errors import OutputFolderError, RunFolderBusyError
-from wsa_lab.files import write_text_atomic
-from wsa_lab.resume import Interrupted, StopSignals
-from wsa_lab.runlock import RunLock
+from wsa_lab.run.atomic import write_text_atomic
+from wsa_lab.run import lock as runlock
+from wsa_lab.run.checkpoint import load_checkpoint
+from wsa_lab.run.lock import RunLock
+from wsa_lab.run.signals import Interrupted, StopSignals
 from wsa_lab.tracking import MetricsWriter, read_metrics
 from wsa_lab.train import train
 
@@ -218,7 +219,7 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_also_through_torchs_zip_writer(
     the checkpoint already there stays loadable."""
     import torch
 
-    from wsa_lab.checkpoint import save_rotating
+    from wsa_lab.run.checkpoint import save_rotating
 
     folder = tmp_path / "checkpoints"
     save_rotating({"global_step": 8}, folder)
@@ -269,7 +270,7 @@ def test_metrics_writer_on_a_device_that_is_really_full(tmp_path: Path):
 
 
 def test_sweep_index_on_a_full_disk_names_the_sweep_folder_setting(tmp_path: Path, monkeypatch):
-    from wsa_lab import sweep
+    from wsa_lab.run import sweep
 
     sweep.update_job(tmp_path, 0, state="pending")
     before = (tmp_path / "index.json").read_text()
@@ -288,7 +289,7 @@ def test_sweep_index_on_a_full_disk_names_the_sweep_folder_setting(tmp_path: Pat
 # ============================================================================== one run folder, one writer
 HOLD = (
     "import sys, time\n"
-    "from wsa_lab.runlock import RunLock\n"
+    "from wsa_lab.run.lock import RunLock\n"
     "RunLock(sys.argv[1]).acquire()\n"
     "print('held', flush=True)\n"
     "time.sleep(600)\n"
@@ -320,15 +321,16 @@ def test_run_lock_refuses_while_the_holder_lives_and_is_taken_over_after_sigkill
         holder.stdout.close()
     with RunLock(folder) as lock:  # the kernel released the dead holder's lock: taken over silently
         assert lock.held and json.loads((folder / ".lock").read_text())["pid"] == os.getpid()
-        with RunLock(folder):  # re-entrant within a process
-            pass
-        assert runlock.held_locks() == [os.path.realpath(folder / ".lock")]
-    assert not (folder / ".lock").exists() and runlock.held_locks() == []
+        with RunLock(folder) as again:  # held once per process: a second RunLock holds nothing of its own
+            assert again.held
+        assert (folder / ".lock").is_file()  # still held by the first
+        assert runlock.holder_of(folder) is None  # this process is no other live holder
+    assert not (folder / ".lock").exists() and not lock.held
 
 
 FORK_AND_HOLD = (
     "import os, sys, time\n"
-    "from wsa_lab.runlock import RunLock\n"
+    "from wsa_lab.run.lock import RunLock\n"
     "RunLock(sys.argv[1]).acquire()\n"
     "child = os.fork()\n"
     "if child == 0:\n"
@@ -376,8 +378,7 @@ def test_without_flock_a_pid_file_with_liveness_checks_is_used(tmp_path: Path, m
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(runlock.fcntl, "flock", no_flock)
-    monkeypatch.setattr(runlock, "_warned_no_flock", False)
+    monkeypatch.setattr(fcntl, "flock", no_flock)  # what filelock calls
     folder = tmp_path / "run"
     with caplog.at_level(logging.WARNING), RunLock(folder):
         info = json.loads((folder / ".lock").read_text())
@@ -416,16 +417,16 @@ def test_without_flock_a_pid_file_with_liveness_checks_is_used(tmp_path: Path, m
 # ============================================================================== Slurm: Ctrl-C leaves the jobs running
 def test_ctrl_c_on_a_slurm_sweep_says_the_jobs_go_on_and_how_to_cancel_them(tmp_path: Path, capsys):
     from hydra_plugins.wsa_lab_launcher.launchers import SlurmLauncher
-    from wsa_lab import sweep
+    from wsa_lab.run import sweep
 
     class Job:
         job_id = "5150_0"
 
     launcher = SlurmLauncher.__new__(SlurmLauncher)
     launcher.params = {"name": "wsa_lab"}
-    with pytest.raises(SystemExit) as stopped:
+    with pytest.raises(sweep.SweepStopped) as stopped:  # the sweeper then prints nothing more (index untouched)
         launcher._left_running(tmp_path, [Job()], 3, signal.SIGINT)
-    assert stopped.value.code == 130 and sweep._current_sweep is None  # finish_sweep stays quiet (index untouched)
+    assert stopped.value.code == 130
     (line,) = capsys.readouterr().err.splitlines()
     assert "the 3 jobs of Slurm array 5150 go on on the cluster" in line
     assert "`squeue -j 5150`" in line and "`scancel 5150`" in line

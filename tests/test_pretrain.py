@@ -16,13 +16,13 @@ from omegaconf import DictConfig
 
 from conftest import REPO, compose_config, subprocess_env
 from test_train import TINY
-from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.conf_files import config_dir
 from wsa_lab.errors import ConfigError, WeightsNotFoundError
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper
 from wsa_lab.pretrain import pretrain
 from wsa_lab.build import make_agent, make_env
+from wsa_lab.run.checkpoint import load_checkpoint
 from wsa_lab.train import train
 
 SMALL = ["env.num_nodes=20", "env.knn_k=4", "env.num_sites=3", "pretrain.collect_steps=64", "pretrain.num_envs=8",

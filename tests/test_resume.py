@@ -13,10 +13,10 @@ import torch
 
 from conftest import compose_config
 from test_train import TINY, without_timing
-from wsa_lab.checkpoint import CheckpointError, load_checkpoint, load_latest, save_rotating
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.errors import ConfigError
-from wsa_lab.resume import truncate_metrics
+from wsa_lab.run.checkpoint import CheckpointError, load_checkpoint, load_latest, save_rotating
+from wsa_lab.run.folder import truncate_metrics
 from wsa_lab.tracking import Tracker, read_metrics
 from wsa_lab.train import train
 
@@ -220,6 +220,17 @@ def test_checkpoint_files(tmp_path: Path):
 def test_truncate_metrics_drops_later_and_torn_lines(tmp_path: Path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"global_step": 0, "a": 1}\n{"global_step": 32}\n{"global_step": 64}\n{"global_st')
-    assert truncate_metrics(path, 32) == 2
+    assert truncate_metrics(path, 32) == (2, 64)  # two lines went; the earlier attempt had logged up to 64
     assert [json.loads(line)["global_step"] for line in path.read_text().splitlines()] == [0, 32]
-    assert truncate_metrics(tmp_path / "absent.jsonl", 0) == 0
+    assert truncate_metrics(tmp_path / "absent.jsonl", 0) == (0, 0)
+
+
+def test_a_damaged_metrics_file_does_not_stop_a_resume(tmp_path: Path, caplog):
+    """One byte that is not UTF-8, one global_step that is not a number: those lines go, with a warning."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"global_step": 0}\n{"global_step": 32, "x": "\xff"}\n{"global_step": "abc"}\n{"global_step": 64}\n')
+    with caplog.at_level("WARNING"):
+        dropped, last = truncate_metrics(path, 64)
+    assert (dropped, last) == (1, 64)
+    assert [json.loads(line)["global_step"] for line in path.read_text(encoding="utf-8").splitlines()] == [0, 32, 64]
+    assert "1 damaged line(s) dropped" in caplog.text

@@ -113,3 +113,62 @@ def test_run_and_sweep_folders_carry_the_process_id():
     run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
     assert re.fullmatch(rf"runs/\d{{4}}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{{6}}-p{os.getpid()}_phase3_hybrid_seed3", run_dir)
     assert re.fullmatch(rf"multirun/\d{{4}}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{{6}}-p{os.getpid()}", sweep_dir)
+
+
+def test_the_wsa_lab_sweeper_keeps_a_failed_job_failed_and_ends_with_exit_1(tmp_path: Path, capsys):
+    """Hydra's public Sweeper API: the basic sweeper's grid order and batches; a failed JobReturn is left FAILED
+    (not rewritten to COMPLETED) and the sweep ends with one line per failed job, then SystemExit(1)."""
+    from types import SimpleNamespace
+
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra_plugins.wsa_lab_launcher.sweeper import WsaLabSweeper
+
+    from wsa_lab.run import sweep as index
+
+    sweeper = WsaLabSweeper(max_batch_size=3, params={"seed": "0,1"})
+    sweeper.hydra_context = SimpleNamespace(config_loader=None)
+    assert sweeper.batches(["a=x,y"]) == [
+        [["seed=0", "a=x"], ["seed=0", "a=y"], ["seed=1", "a=x"]], [["seed=1", "a=y"]],
+    ]
+
+    returned: list[JobReturn] = []
+
+    class Launcher:
+        def launch(self, batch, initial_job_idx):
+            results = []
+            for num, overrides in enumerate(batch, start=initial_job_idx):
+                ok = num != 1
+                index.update_job(
+                    tmp_path, num, overrides=list(overrides), state="done" if ok else "failed",
+                    error=None if ok else "ValueError: bad",
+                )
+                done = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+                results.append(done if ok else index.failed_return(overrides, ValueError("bad")))
+            returned.extend(results)
+            return results
+
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweeper.launcher = Launcher()
+    sweeper.validate_batch_is_legal = lambda batch: None
+    with pytest.raises(SystemExit) as ended:
+        sweeper.sweep(["a=x,y"])
+    assert ended.value.code == 1
+    assert [r.status for r in returned] == [JobStatus.COMPLETED, JobStatus.FAILED, *[JobStatus.COMPLETED] * 2]
+    assert isinstance(index.job_error(returned[1]), ValueError)
+    err = capsys.readouterr().err
+    assert "4 jobs: 3 done, 1 failed" in err and "wsa_lab: failed job #1 (seed=0 a=y): ValueError: bad" in err
+    assert "Traceback" not in err and "Error executing job" not in err
+
+
+def test_a_sweep_index_callback_pickles_without_its_open_folders(tmp_path: Path):
+    """submitit pickles Hydra's callbacks with the launcher when it requeues a Slurm job: the locks stay here."""
+    import pickle
+
+    from wsa_lab.run.sweep import SweepIndex
+
+    callback = SweepIndex()
+    callback._open(tmp_path / "job", "choose another hydra.sweep.dir")
+    copy = pickle.loads(pickle.dumps(callback))
+    assert copy.folders == {} and (tmp_path / "job" / ".lock").is_file()
+    callback._close(tmp_path / "job")
+    assert not (tmp_path / "job" / ".lock").exists()

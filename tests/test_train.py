@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from conftest import compose_config
-from wsa_lab.checkpoint import load_checkpoint
+from wsa_lab.run.checkpoint import load_checkpoint
 from wsa_lab.tracking import read_metrics
 from wsa_lab.train import train
 

@@ -1,7 +1,7 @@
 """`python -m wsa_lab [overrides]`: the Hydra entry point. Thin on purpose: `main(cfg)` calls `train(cfg)`.
 
-`entry()` wraps it for sweeps (`-m`): after the last job it prints the sweep's outcome, one line per failed
-job, and exits non-zero when any failed (see `wsa_lab.sweep`).
+`entry()` checks the command line first (a misspelt key: one line with a did-you-mean). A sweep (`-m`) ends with
+one line per failed job and exit code 1 (the `wsa_lab` sweeper, see `wsa_lab.run.sweep`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ if __name__ == "__main__":  # only as the CLI: importing torch takes seconds, an
     signal.signal(signal.SIGINT, _interrupted_outside_training)
 
 import logging  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
@@ -33,7 +31,6 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from wsa_lab.conf_files import config_dir  # noqa: E402
 from wsa_lab.errors import WsaLabError, exit_with_one_line  # noqa: E402
-from wsa_lab.sweep import finish_sweep  # noqa: E402
 from wsa_lab.train import train  # noqa: E402
 
 log = logging.getLogger("wsa_lab")
@@ -44,31 +41,14 @@ def main(cfg: DictConfig) -> float:
     try:
         summary = train(cfg)
     except (WsaLabError, OmegaConfBaseException) as exc:
-        # One clear line instead of a traceback (Hydra's convention: HYDRA_FULL_ERROR=1 shows it).
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode == RunMode.MULTIRUN:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # in a sweep, let the launcher record this job as failed and go on with the others
-        _remove_unstarted_run()
+        # One clear line instead of a traceback (HYDRA_FULL_ERROR=1 shows it). The folder Hydra made for this
+        # run that never started is removed on exit (wsa_lab.run.startup).
         exit_with_one_line("wsa_lab", exc)
     metric = summary["metric"]  # evaluation.metric: eval/greedy_ratio on the coverage env
     log.info("done: %s=%.3f in %s", metric, summary[metric], HydraConfig.get().runtime.output_dir)
     return summary[metric]  # the objective a Hydra sweeper would optimise
-
-
-def _remove_unstarted_run() -> None:
-    """A run refused at start-up leaves no folder behind: the one Hydra made for it (only its `.hydra/` and log)."""
-    from wsa_lab import guard
-
-    run_dir = guard.created_run_dir
-    if run_dir is None or not run_dir.is_dir():
-        return
-    hydra_own = {".hydra", f"{HydraConfig.get().job.name}.log", ".lock"}
-    if all(p.name in hydra_own for p in run_dir.iterdir()):
-        logging.shutdown()  # Hydra's file handler holds the log open
-        shutil.rmtree(run_dir, ignore_errors=True)
-        folder = run_dir.parent  # runs/<date>/ and runs/, if this process made them and they are empty now
-        while guard.created_top is not None and folder.is_relative_to(guard.created_top) and not any(folder.iterdir()):
-            folder.rmdir()
-            folder = folder.parent
 
 
 def unknown_override(args: list[str]) -> str | None:
@@ -127,17 +107,11 @@ def entry() -> None:
     if "--help" not in args and "-h" not in args:
         problem = unknown_override(args)
         if problem is not None:
-            print(f"wsa_lab: error: {problem}; to add a new key on purpose, prefix it with + (+KEY=VALUE)", file=sys.stderr)
-            sys.exit(1)
+            exit_with_one_line("wsa_lab", f"{problem}; to add a new key on purpose, prefix it with + (+KEY=VALUE)")
     # `--cfg job|hydra|all` shows the config a run would use, so resolved (e.g. the PTM list actually used)
     if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in args) and not {"--resolve"} & set(args):
         sys.argv.append("--resolve")
-    try:
-        main()
-    finally:
-        failed = finish_sweep()  # a sweep's outcome; 0 when no sweep ran
-    if failed:
-        sys.exit(1)
+    main()
 
 
 if __name__ == "__main__":

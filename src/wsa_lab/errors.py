@@ -1,5 +1,6 @@
 """User-facing errors: the CLI prints these as one line (no traceback unless HYDRA_FULL_ERROR=1)."""
 
+import os
 import sys
 from typing import NoReturn
 
@@ -29,7 +30,7 @@ class EnvError(WsaLabError):
 
 
 class RunFolderBusyError(WsaLabError):
-    """Another live wsa_lab process holds the run folder's lock (`<run dir>/.lock`, see `wsa_lab.runlock`)."""
+    """Another live wsa_lab process holds the run folder's lock (`<run dir>/.lock`, see `wsa_lab.run.lock`)."""
 
     def __init__(self, message: str, folder: str = "", holder: dict | None = None) -> None:
         super().__init__(message)
@@ -58,7 +59,16 @@ class OutputFolderError(WsaLabError, OSError):
         return (type(self), (self.message, self.errno, self.filename))
 
 
-def exit_with_one_line(program: str, exc: BaseException) -> NoReturn:
-    """The CLIs' way out for a `WsaLabError` (or a config error): `<program>: error: <message>`, exit code 1."""
-    print(f"{program}: error: {exc}", file=sys.stderr)
-    sys.exit(1)
+def print_error(program: str, problem: BaseException | str) -> int:
+    """Every CLI's way to report a user's error: one line, `<program>: error: <first line of the message>`, on
+    stderr; returns the exit code 1. With HYDRA_FULL_ERROR=1 an exception is raised again instead (its traceback)."""
+    if isinstance(problem, BaseException) and os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise problem
+    lines = str(problem).strip().splitlines() or [type(problem).__name__]
+    print(f"{program}: error: {lines[0]}", file=sys.stderr, flush=True)
+    return 1
+
+
+def exit_with_one_line(program: str, problem: BaseException | str) -> NoReturn:
+    """`print_error`, then exit with code 1 (no traceback: the message says what to fix)."""
+    raise SystemExit(print_error(program, problem)) from None

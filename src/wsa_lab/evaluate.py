@@ -25,7 +25,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -33,16 +32,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab import stats
 from wsa_lab.build import close_env, make_agent, make_env
-from wsa_lab.checkpoint import load_checkpoint
 from wsa_lab.conf_files import config_dir
 from wsa_lab.config.validate import resolve_device
 from wsa_lab.contract import ActionSpec, ObservationSpec, ratio_to_reference, specs
-from wsa_lab.errors import ConfigError, WsaLabError
-from wsa_lab.files import write_text_atomic
+from wsa_lab.errors import ConfigError, WsaLabError, print_error
 from wsa_lab.models import ActorCritic
 from wsa_lab.weights.load import weights_from_checkpoint
 from wsa_lab.rl.evaluation import headline_metric, play
 from wsa_lab.config.strict import structured, unknown_key_error
+from wsa_lab.run.atomic import write_text_atomic
+from wsa_lab.run.checkpoint import load_checkpoint
+from wsa_lab.run.reader import read_resolved_config, read_summary, run_folders_below
 from wsa_lab.seeding import deterministic_kernels
 from wsa_lab.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 
@@ -144,15 +144,11 @@ def find_runs(paths: Sequence[str | Path], warn: Callable[[str], None] = lambda 
             runs.append(path)
             continue
         found = []
-        for root, dirs, _files in os.walk(path):
-            dirs.sort()
-            here = Path(root)
-            if here != path and _is_run_folder(here):
-                dirs.clear()  # a run folder's subfolders are not runs
-                if (here / CHECKPOINT).is_file():
-                    found.append(here)
-                else:
-                    warn(f"skipping {here}: no {CHECKPOINT}")
+        for here in run_folders_below(path, _is_run_folder):
+            if (here / CHECKPOINT).is_file():
+                found.append(here)
+            else:
+                warn(f"skipping {here}: no {CHECKPOINT}")
         if not found:
             raise ConfigError(f"{given}: no run folder with {CHECKPOINT} in it")
         runs.extend(found)
@@ -160,41 +156,10 @@ def find_runs(paths: Sequence[str | Path], warn: Callable[[str], None] = lambda 
     return unique
 
 
-def _first_line(exc: BaseException) -> str:
-    """A parse error in one line: ``<problem> at line L, column C`` for YAML, else the message's first line."""
-    mark = getattr(exc, "problem_mark", None)
-    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
-        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def read_run_files(path: Path) -> tuple[DictConfig, dict[str, Any]]:
     """A run folder's `resolved_config.yaml` (a mapping with an `env`) and `summary.json` (`{}` when absent);
     anything unreadable is a one-line ConfigError naming the folder and the file."""
-    resolved = path / "resolved_config.yaml"
-    if not resolved.is_file():
-        raise ConfigError(f"{path}: no resolved_config.yaml (written by wsa_lab at the start of each run)")
-    try:
-        cfg = OmegaConf.load(resolved)
-    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as exc:
-        raise ConfigError(f"{path}: resolved_config.yaml is not readable YAML ({_first_line(exc)})") from exc
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{path}: resolved_config.yaml is not readable YAML (a list, not a mapping)")
-    if not isinstance(cfg.get("env"), DictConfig):
-        raise ConfigError(f"{path}: resolved_config.yaml is not a run's config (no env section)")
-    summary_file = path / "summary.json"
-    summary: Any = {}
-    if summary_file.is_file():
-        try:
-            summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: summary.json is not readable JSON ({_first_line(exc)})") from exc
-        if not isinstance(summary, dict):
-            raise ConfigError(f"{path}: summary.json is not readable JSON (a {type(summary).__name__}, not an object)")
-    return cfg, summary
+    return read_resolved_config(path), read_summary(path)
 
 
 def declared_metric(cfg: DictConfig, summary: dict[str, Any]) -> Optional[str]:
@@ -575,10 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = evaluate_runs(folders, overrides, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (WsaLabError, OmegaConfBaseException) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"wsa_lab.evaluate: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
+        return print_error("wsa_lab.evaluate", exc)
     print(result.table, end="")
     print(f"wrote eval_{result.suite}.json in {len(result.runs)} run folder(s) and {result.table_path}", file=sys.stderr)
     return 0

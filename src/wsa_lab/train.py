@@ -2,35 +2,31 @@
 
 The run folder (`paths.output_dir`) gets: `.hydra/` (Hydra), `resolved_config.yaml`, `metrics.jsonl`,
 `summary.json` and `checkpoints/{last,prev}.pt`. A folder that already holds a checkpoint is resumed
-(`resume=false` starts over); see `wsa_lab.resume`.
+(`resume=false` starts over); see `wsa_lab.run.folder`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from wsa_lab.build import build_training, close_env
-from wsa_lab.checkpoint import LAST, PREVIOUS, load_latest, save_rotating
 from wsa_lab.config.validate import validate
 from wsa_lab.contract import VectorGraphEnv
 from wsa_lab.errors import ConfigError
-from wsa_lab.files import write_text_atomic
 from wsa_lab.resources import check_memory, human
-from wsa_lab.resume import Interrupted, StopSignals, config_differences, config_snapshot, truncate_metrics
-from wsa_lab.runlock import RunLock
 from wsa_lab.rl import PPO
+from wsa_lab.run.folder import Checkpoint, RunFolder, config_snapshot
+from wsa_lab.run.signals import Interrupted, StopSignals
 from wsa_lab.seeding import rng_state, set_rng_state
-from wsa_lab.tracking import build_tracker
+from wsa_lab.tracking import Continuation, build_tracker
 from wsa_lab.weights.checks import forget_weight_checks, unverified_weight_files
 
 log = logging.getLogger(__name__)
@@ -44,44 +40,13 @@ def _count_params(module: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
-def _start_over(run_dir: Path, drop_checkpoints: bool) -> None:
-    """A fresh start in `run_dir`: no metrics from an earlier attempt (and, if asked, no old checkpoints)."""
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.is_file():
-        log.warning("starting over in %s: replacing its metrics.jsonl", run_dir)
-        metrics.unlink()
-    for name in (LAST, PREVIOUS) if drop_checkpoints else ():
-        path = run_dir / "checkpoints" / name
-        if path.is_file():
-            log.warning("resume=false: deleting %s", path)
-            path.unlink()
-
-
-def accept_resume(cfg: DictConfig, run_dir: Path, snapshot: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
-    """The checkpoint this run continues from (None: a fresh start), or a refusal. Reads only: nothing in the
-    run folder is written before the run is accepted."""
-    if not cfg.get("resume", True):
-        return None
-    found = load_latest(run_dir / "checkpoints", required=CHECKPOINT_KEYS)
-    if found is None:
-        return None
-    state, _path = found
-    differences = config_differences(state["config"], snapshot)
-    if differences:
-        raise ConfigError(
-            f"{run_dir} holds a checkpoint of another config ({'; '.join(differences[:5])}"
-            f"{'; ...' if len(differences) > 5 else ''}); resume with the same settings, pass resume=false to "
-            "start over there, or choose another hydra.run.dir"
-        )
-    return found
-
-
 def _restore(
-    cfg: DictConfig, run_dir: Path, ppo: PPO, env: VectorGraphEnv, found: tuple[dict[str, Any], Path] | None
-) -> dict[str, Any] | None:
-    """Continue from the accepted checkpoint; return its history, or None for a fresh start."""
+    cfg: DictConfig, folder: RunFolder, ppo: PPO, env: VectorGraphEnv, found: Checkpoint | None
+) -> tuple[dict[str, Any], Continuation] | None:
+    """Continue from the accepted checkpoint; return its history and where the loggers continue, or None for a fresh
+    start."""
     if found is None:
-        _start_over(run_dir, drop_checkpoints=not cfg.get("resume", True))
+        folder.start_over(drop_checkpoints=not cfg.get("resume", True))
         return None
     state, path = found
     ppo.load_state_dict(state)
@@ -98,14 +63,14 @@ def _restore(
             "logged values may differ from an uninterrupted run in the last digits (set OMP_NUM_THREADS=%d to match)",
             threads, torch.get_num_threads(), threads,
         )
-    dropped = truncate_metrics(run_dir / "metrics.jsonl", ppo.global_step)
+    dropped, logged_until = folder.resume_metrics_at(ppo.global_step)
     log.info(
         "resuming from %s at global_step %d (iteration %d); %d metrics lines logged after it were dropped",
         path, ppo.global_step, ppo.iteration, dropped,
     )
     history = dict(state["history"])
     history["resumed_from_steps"] = [*history.get("resumed_from_steps", []), ppo.global_step]
-    return history
+    return history, Continuation(step=ppo.global_step, logged_until=logged_until)
 
 
 def env_name(cfg: DictConfig) -> str:
@@ -121,21 +86,22 @@ def _fmt(value: float | None) -> str:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one run (or resume it from its folder's checkpoint); return its summary."""
     envs: list[Any] = []  # closed at the end (async Gymnasium envs hold worker processes)
-    with contextlib.ExitStack() as held:  # the run folder's lock (taken in _train), released last
+    # one writer per run folder: RunFolderBusyError if a live run holds it (held once: the CLI's callback took it)
+    with RunFolder(cfg.paths.output_dir) as folder:
         try:
-            return _train(cfg, envs, held)
+            return _train(cfg, folder, envs)
         finally:
             for env in envs:
                 close_env(env)
 
 
-def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict[str, Any]:
+def _train(cfg: DictConfig, folder: RunFolder, envs: list[Any]) -> dict[str, Any]:
     settings = validate(cfg)
     algo, eval_cfg, ckpt_cfg = settings.algo, settings.evaluation, settings.checkpoint
-    run_dir = Path(cfg.paths.output_dir)
-    held.enter_context(RunLock(run_dir))  # one writer per run folder: RunFolderBusyError if a live run holds it
+    run_dir = folder.path
     snapshot = config_snapshot(cfg)
-    found = accept_resume(cfg, run_dir, snapshot)  # a refusal here leaves the folder as it was
+    # a refusal here leaves the folder as it was
+    found = folder.accept_resume(snapshot, resume=cfg.get("resume", True), required=CHECKPOINT_KEYS)
     memory = check_memory(cfg, settings)  # before the envs allocate anything
     forget_weight_checks()  # the summary lists the weight files of this run, not of earlier runs in this process
     built = build_training(cfg, settings, envs)
@@ -166,26 +132,23 @@ def _train(cfg: DictConfig, envs: list[Any], held: contextlib.ExitStack) -> dict
     # evaluation history and time spent, carried across restarts by the checkpoint
     history: dict[str, Any] = {"best": -math.inf, "last_eval": {}, "wall_time_s": 0.0, "resumed_from_steps": []}
     # Accepted (config, resume, env, models all fine): from here on the run writes to its folder.
-    write_text_atomic(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    resumed = _restore(cfg, run_dir, ppo, env, found)
+    folder.write_resolved_config(cfg)
+    resumed = _restore(cfg, folder, ppo, env, found)
     if resumed is not None:
-        history.update(resumed)
+        history.update(resumed[0])
     summary["resumed_from_steps"] = history["resumed_from_steps"]
     progress = "console" in cfg.logger and bool(cfg.logger.console.progress_bar)  # the console logger's bar
     start, resumed_time = time.time(), history["wall_time_s"]
 
     def checkpoint() -> None:
         history["wall_time_s"] = resumed_time + time.time() - start
-        save_rotating(
-            {
-                **ppo.state_dict(), "env": env.state_dict() if hasattr(env, "state_dict") else {}, "rng": rng_state(),
-                "history": history, "config": snapshot, "torch_threads": torch.get_num_threads(),
-            },
-            run_dir / "checkpoints",
-        )
+        folder.save_checkpoint({
+            **ppo.state_dict(), "env": env.state_dict() if hasattr(env, "state_dict") else {}, "rng": rng_state(),
+            "history": history, "config": snapshot, "torch_threads": torch.get_num_threads(),
+        })
 
     stopped_on_signal = False
-    tracker = build_tracker(cfg, run_dir)
+    tracker = build_tracker(cfg, run_dir, None if resumed is None else resumed[1])
     tracker.write_summary({**summary, "status": "running"})
     # Signals stay caught until the summary is written: one that lands after the last iteration's checkpoint
     # (the run is complete) must not kill the process mid-summary.

@@ -30,7 +30,7 @@ def exit_file(folder: str | Path, job_id: str) -> Path:
 class ReportingController(Controller):
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
-        signal.signal(signal.SIGINT, self._forward_signal)  # type: ignore[arg-type]
+        signal.signal(signal.SIGINT, signal.getsignal(signal.SIGTERM))  # the base class's: forward to the job
         self.exit_codes: list[Any] = []
 
     def run(self, max_retry: int = 6) -> None:

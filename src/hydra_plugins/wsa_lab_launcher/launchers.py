@@ -2,7 +2,8 @@
 
 Upstream's launcher (1.2.0) waits for the jobs in order and raises at the first one that ended without a
 result (killed, cancelled, time limit), leaving the others unwatched. These wait for every job, turn a job
-without a result into a failed `JobReturn`, and record it in the sweep index (`wsa_lab.sweep`):
+without a result into a failed `JobReturn`, and record it in the sweep index (`wsa_lab.run.sweep`). They
+subclass upstream's launcher (its job side: the task runs as upstream runs it) and replace only its `launch`:
 
 - `SlurmLauncher`: one Slurm job array per sweep (`array_parallelism` at once). Each array task re-reads
   the config from disk and re-runs `train`, which resumes from the job folder's checkpoint after a requeue.
@@ -16,11 +17,14 @@ without a result into a failed `JobReturn`, and record it in the sweep index (`w
 - On Ctrl-C the `slurm` launcher only stops waiting: the jobs go on on the cluster (the index keeps their
   true state); it prints how to follow and cancel them and exits 130.
 
-Both set torch's thread count to `cpus_per_task` inside each job when it is set.
+Both set torch's thread count to `cpus_per_task` inside each job when it is set. Neither upstream's
+`submitit_local` nor `hydra-joblib-launcher` limits the jobs running at once while keeping the Ctrl-C behaviour
+above (joblib's workers share the terminal's process group and report no killing signal), hence `local_parallel`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,14 +38,15 @@ from types import FrameType
 from typing import Any, NoReturn, Sequence
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import OmegaConf
 
-from wsa_lab import sweep
-from wsa_lab.resume import CaughtSignals
-from wsa_lab.runlock import describe, holder_of
+from wsa_lab.run import sweep
+from wsa_lab.run.lock import describe, holder_of
+from wsa_lab.run.reader import run_state
+from wsa_lab.run.signals import CaughtSignals
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +150,8 @@ class _WaitForAll(BaseSubmititLauncher):
         except Exception as exc:  # UncompletedJobError (killed, cancelled, ...), FailedJobError
             log.error("job #%d (%s) ended without a result: %s", num, job.job_id, str(exc).splitlines()[0])
             sweep.record_lost_job(sweep_dir, num, overrides, exc)
-            return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=exc)
-        _note_refused(ret, num)
+            return sweep.failed_return(overrides, exc)
         return ret
-
-
-def _note_refused(ret: JobReturn, num: int) -> None:
-    """A job that another live process's folder lock refused: the closing lines say so (its index entry is the other's)."""
-    from wsa_lab.errors import RunFolderBusyError
-
-    if ret.status != JobStatus.COMPLETED and isinstance(ret._return_value, RunFolderBusyError):
-        sweep.note_refused(f"job #{num} was not run: {ret._return_value}")
 
 
 class SlurmLauncher(_WaitForAll):
@@ -193,24 +189,17 @@ class SlurmLauncher(_WaitForAll):
                 f"for jobs that were submitted (`scancel <id>` cancels them); the index is {sweep_dir / 'index.md'}"
             )
         print(line, file=sys.stderr, flush=True)
-        sweep.end_sweep_report()
-        raise SystemExit(128 + signum)
+        raise sweep.SweepStopped(128 + signum)
 
 
-_session_executor_class: Any = None
-
-
-def _session_local_executor() -> Any:
+def _session_local_executor(folder: str) -> Any:
     """submitit's LocalExecutor, with each job's controller (`_controller.py`) in a session of its own.
 
     Built on first use: plugin discovery imports this module for every run, and submitit only matters here."""
-    global _session_executor_class
-    if _session_executor_class is not None:
-        return _session_executor_class
     from submitit.local.local import LocalExecutor, LocalJob
 
     class SessionLocalExecutor(LocalExecutor):
-        def _submit_command(self, command: str) -> Any:
+        def _submit_command(self, command: str) -> Any:  # submitit's hook that starts a job's controller
             ntasks = self.parameters.get("tasks_per_node", 1)
             n_gpus = self.parameters.get("gpus_per_node", 0)
             visible_gpus = self.parameters.get("visible_gpus", ())
@@ -235,35 +224,28 @@ def _session_local_executor() -> Any:
             process = subprocess.Popen(cmd, shell=bool(setup), env=env, start_new_session=True)  # noqa: S603
             return LocalJob(folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks)))
 
-    _session_executor_class = SessionLocalExecutor
-    return SessionLocalExecutor
+    return SessionLocalExecutor(folder)
 
 
+# A local job's id is its controller's pid; the controller leads a session of its own (see above).
 def _running(job: Any) -> bool:
-    return job._process is not None and job._process.poll() is None
+    return not job.done()
 
 
 def _signal_job(job: Any, sig: int) -> None:
     """Send `sig` to a local job's controller (it forwards SIGTERM/SIGINT to the job's process)."""
     if _running(job):
-        try:
-            job._process.send_signal(sig)
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(job.job_id), sig)
 
 
 def _kill_job(job: Any) -> None:
-    """SIGKILL a local job's controller and everything in its session (the job's process)."""
-    if job._process is None:
-        return
-    try:
-        os.killpg(job._process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        job._process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+    """SIGKILL a local job's controller and everything in its session (the job's process), and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(int(job.job_id), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _running(job) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _task_exit(job: Any) -> int | None | str:
@@ -294,8 +276,8 @@ class LocalParallelLauncher(_WaitForAll):
         self.max_parallel, self.poll_s, self.stop_grace_s = int(max_parallel), float(poll_s), float(stop_grace_s)
 
     def _executor(self) -> Any:
-        executor = super()._executor()
-        executor._executor.__class__ = _session_local_executor()  # same state; controllers in their own session
+        executor = _session_local_executor(self.params["submitit_folder"])
+        executor.update_parameters(**{k: v for k, v in self.params.items() if k != "submitit_folder" and v is not None})
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -331,7 +313,7 @@ class LocalParallelLauncher(_WaitForAll):
             return super()._collect(job, sweep_dir, num, overrides)
         code = _task_exit(job)
         record = {r["num"]: r for r in sweep.read_jobs(sweep_dir)}.get(num, {})
-        folder = sweep.run_folder_state(sweep_dir / record["folder"]) if record.get("folder") else {}
+        folder = run_state(sweep_dir / record["folder"]) if record.get("folder") else {}
         how = describe_exit(code) if code != "unknown" else f"ended without a result (state: {job.state})"
         if folder.get("status") == "interrupted" and record.get("state") == "running":  # e.g. someone's `kill <pid>`
             sweep.record_interrupted_job(sweep_dir, num, f"stopped by a signal with a checkpoint ({how})")
@@ -340,7 +322,7 @@ class LocalParallelLauncher(_WaitForAll):
             exc = JobKilledError(f"job #{num} {how}: it ended without a result")
             log.error("job #%d (%s) %s", num, job.job_id, how)
             sweep.record_lost_job(sweep_dir, num, overrides, f"{how}: the job ended without a result")
-        return JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=exc)
+        return sweep.failed_return(overrides, exc)
 
     def _stop(
         self, stop: _StopRequest, sweep_dir: Path, running: dict[int, Any], not_submitted: int,
@@ -379,7 +361,7 @@ class LocalParallelLauncher(_WaitForAll):
             if record.get("state") != "running" or not record.get("folder"):
                 not_started += 1  # stopped before it reached training: still `pending`
                 continue
-            state = sweep.run_folder_state(sweep_dir / record["folder"])
+            state = run_state(sweep_dir / record["folder"])
             resumes = f"resumes from {state['checkpoint']}" if state["checkpoint"] else "no checkpoint yet: starts over"
             if idx in killed:
                 killed_count += 1
@@ -398,5 +380,4 @@ class LocalParallelLauncher(_WaitForAll):
             sweep.interrupted_line(sweep_dir, stopped, killed_count, not_started, self.stop_grace_s),
             file=sys.stderr, flush=True,
         )
-        sweep.end_sweep_report()
-        raise SystemExit(128 + signum)
+        raise sweep.SweepStopped(128 + signum)

@@ -19,7 +19,7 @@ from wsa_lab.config.schema import (
 )
 from wsa_lab.config.strict import MAX_SEED, structured, unknown_key_error
 from wsa_lab.errors import ConfigError
-from wsa_lab.guard import check_name, check_output_dir, check_secrets
+from wsa_lab.run.startup import check_name, check_output_dir, check_secrets
 from wsa_lab.models import build_actor_critic
 
 ROOT_KEYS = (
@@ -65,7 +65,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     for key in cfg:
         if key not in ROOT_KEYS:
             raise unknown_key_error(key, list(ROOT_KEYS), "config")
-    check_secrets(cfg)  # the CLI refuses them before Hydra writes anything (wsa_lab.guard); train(cfg) here
+    check_secrets(cfg)  # the CLI refuses them before Hydra writes anything (wsa_lab.run.startup); train(cfg) here
     check_name(cfg.name)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed must be an integer in [0, 2**32 - 1] (what numpy and torch accept), got {cfg.seed!r}")

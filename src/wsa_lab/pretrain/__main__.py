@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import hydra
 from omegaconf import DictConfig
@@ -21,8 +20,6 @@ def main(cfg: DictConfig) -> float:
     try:
         record = pretrain(cfg)
     except (WsaLabError, OmegaConfBaseException) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
         exit_with_one_line("wsa_lab.pretrain", exc)
     log.info("pre-trained %s: final loss %.4f -> %s", record["name"], record["epoch_losses"][-1], record["weights_path"])
     return record["epoch_losses"][-1]

@@ -25,18 +25,19 @@ from torch import Tensor
 from tqdm import tqdm
 
 from wsa_lab.build import close_env, make_env  # the env exactly as training makes it
-from wsa_lab.checkpoint import load_latest, save_checkpoint, save_rotating
 from wsa_lab.config.validate import resolve_device
 from wsa_lab.contract import GraphBatch, specs
 from wsa_lab.errors import ConfigError
-from wsa_lab.files import write_text_atomic
-from wsa_lab.guard import check_name
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper, PTMSpec
 from wsa_lab.pretrain.collect import collect_states, images_of
 from wsa_lab.pretrain.objectives import OBJECTIVES, GraphInfomax, ImageAutoencoder
-from wsa_lab.resume import StopSignals, config_differences
 from wsa_lab.config.strict import structured
+from wsa_lab.run.atomic import write_text_atomic
+from wsa_lab.run.checkpoint import load_latest, save_checkpoint, save_rotating
+from wsa_lab.run.folder import config_differences
+from wsa_lab.run.signals import StopSignals
+from wsa_lab.run.startup import check_name
 from wsa_lab.seeding import seed_everything
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from wsa_lab import stats
-from wsa_lab.files import write_text_atomic
+from wsa_lab.run.atomic import write_text_atomic
 from wsa_lab.report.analysis import (
     ArmStats, BootstrapSettings, Curve, arm_stats, attention_curves, choose_baseline, final_metrics, learning_curve,
     reference_gaps,

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from wsa_lab.errors import print_error
 from wsa_lab.report import arm_table, build_report, gap_table, text_table, write_report
 from wsa_lab.report.analysis import BootstrapSettings
 
@@ -47,8 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             boot=BootstrapSettings(reps=args.reps, seed=args.bootstrap_seed),
         )
     except (FileNotFoundError, ValueError) as exc:
-        print(f"wsa_lab.report: error: {exc}", file=sys.stderr)
-        return 1
+        return print_error("wsa_lab.report", exc)
     plots = not args.no_plots
     if plots:
         try:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-SKIP_DIRS = {"wandb", "tensorboard", "checkpoints", ".hydra", ".submitit", "report"}
+from wsa_lab.run.reader import METRICS, SUMMARY, RunFileError, read_metrics_text, read_summary_bytes, run_folders_below
 
 
 @dataclass
@@ -65,44 +64,28 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     in the order of `paths`."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if p.is_file() and p.name == "summary.json":
+        if p.is_file() and p.name == SUMMARY:
             found.append(p.parent)
-        elif (p / "summary.json").is_file():
+        elif (p / SUMMARY).is_file():
             found.append(p)
         elif p.is_dir():
-            for summary in sorted(p.rglob("summary.json")):
-                if not SKIP_DIRS.intersection(summary.relative_to(p).parts[:-1]):
-                    found.append(summary.parent)
+            found.extend(run_folders_below(p, lambda d: (d / SUMMARY).is_file()))
         else:
             raise FileNotFoundError(f"{p}: no such run folder, sweep folder or summary.json")
     return list(dict.fromkeys(d.resolve() for d in found))  # in the order given (a run given twice: the first stays)
 
 
-def _read_metrics(text: str) -> tuple[list[dict[str, Any]], int]:
-    """Records of metrics.jsonl's text; a torn last line (a killed run) is skipped and counted."""
-    records, bad = [], 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            bad += 1
-    return records, bad
-
-
 def load_run(run_dir: Path) -> Run:
     """One run folder; a failed or unfinished run is marked left out (with why)."""
     try:
-        summary_bytes = (run_dir / "summary.json").read_bytes()
-        summary = json.loads(summary_bytes.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        summary, summary_bytes = read_summary_bytes(run_dir)
+    except OSError as exc:
         return Run(run_dir, {}, arm="?", problem=f"unreadable summary.json ({exc})")
-    if not isinstance(summary, dict):
-        return Run(run_dir, {}, arm="?", problem=f"unreadable summary.json (a {type(summary).__name__}, not an object)")
-    metrics_file = run_dir / "metrics.jsonl"
+    except RunFileError as exc:
+        return Run(run_dir, {}, arm="?", problem=f"unreadable summary.json ({exc.why})")
+    metrics_file = run_dir / METRICS
     metrics_bytes = metrics_file.read_bytes() if metrics_file.is_file() else b""
-    records, _bad = _read_metrics(metrics_bytes.decode("utf-8", errors="replace"))
+    records, _bad = read_metrics_text(metrics_bytes.decode("utf-8", errors="replace"))
     fingerprint = hashlib.sha256(metrics_bytes + b"\0" + summary_bytes).hexdigest()
     run = Run(run_dir, summary, records, arm=str(summary.get("name") or run_dir.name), fingerprint=fingerprint)
     status = run.status

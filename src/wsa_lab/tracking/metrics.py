@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from wsa_lab.files import output_error, write_text_atomic
+from wsa_lab.run.atomic import output_error, write_text_atomic
 
 log = logging.getLogger(__name__)
 

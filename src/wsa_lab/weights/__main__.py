@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from wsa_lab.errors import ConfigError
+from wsa_lab.errors import ConfigError, print_error
 from wsa_lab.weights.checks import ALLOW_UNVERIFIED_ENV, allow_unverified, check_weights_file, default_weights_dir
 from wsa_lab.weights.files import DownloadError, candidate_paths, download, enum_file_name, weights_url
 from wsa_lab.weights.names import is_torchvision_model, torchvision_models, torchvision_weights
@@ -86,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                 download(url, dst)
             except DownloadError as exc:
                 if exc.network:
-                    print(f"{PROG}: error: cannot download {url} ({exc.reason}); download it on a machine with "
-                          f"network and copy it to {dst}", file=sys.stderr)
-                else:
-                    print(f"{PROG}: error: cannot download {url} to {dst} ({exc.reason}); download it by hand and "
-                          "copy it there", file=sys.stderr)
-                return 1
+                    return print_error(PROG, f"cannot download {url} ({exc.reason}); download it on a machine with "
+                                             f"network and copy it to {dst}")
+                return print_error(PROG, f"cannot download {url} to {dst} ({exc.reason}); download it by hand and "
+                                         "copy it there")
             state, path, detail = _status(name, url, args.weights_dir)
             detail = f"downloaded; {detail}"
         bad += state != "ok"

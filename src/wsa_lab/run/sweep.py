@@ -10,21 +10,21 @@ run folder lock of every run (single or sweep job).
 - A failed job's folder gets `FAILED`: its overrides and the traceback (any failed run gets one, sweep or not).
 - `interrupted`: stopped by a signal (Ctrl-C on the sweep, SIGTERM) with a checkpoint, or killed after the
   launcher's grace period; rerunning the sweep with `hydra.sweep.dir=<sweep dir>` resumes it.
-- `finish_sweep()` (called by `python -m wsa_lab` on exit) prints one line per failed or interrupted job; the
-  process then exits non-zero.
-- `SweepIndex` also takes the run folder's lock (`wsa_lab.runlock`): for a single run in `on_run_start`,
-  before Hydra writes anything into the folder (a second process into a folder a live run holds stops there
-  with one line, exit code 1); for a sweep job in `on_job_start` (a job whose folder is held leaves the
-  holder's index entry and folder alone; `train` then refuses it).
+- `finish_sweep()` (called by the `wsa_lab` sweeper when the sweep ends) prints one line per failed, interrupted
+  or refused job; the process then exits non-zero.
+- `SweepIndex` also opens the run folder (`RunFolder`, its lock): for a single run in `on_run_start`, before
+  Hydra writes anything into the folder (a second process into a folder a live run holds stops there with one
+  line, exit code 1); for a sweep job in `on_job_start` (a job whose folder is held leaves the holder's index
+  entry and folder alone; `train` then refuses it). The lock is held once per process, so `train`'s own
+  `RunFolder` in the same process takes nothing more.
 
 The callback is configured in `conf/config.yaml` (`hydra.callbacks.sweep_index`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import fcntl
+import io
 import json
 import logging
 import os
@@ -36,23 +36,22 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import filelock
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from wsa_lab.errors import RunFolderBusyError, WsaLabError
-from wsa_lab.files import output_error, write_text_atomic
-from wsa_lab.runlock import RunLock
+from wsa_lab.errors import RunFolderBusyError, WsaLabError, exit_with_one_line
+from wsa_lab.run.atomic import output_error, write_text_atomic
+from wsa_lab.run.folder import RunFolder
+from wsa_lab.run.lock import NO_FLOCK, slurm_job
+from wsa_lab.run.reader import run_state
 
 JOBS = ".jobs"
 FAILED = "FAILED"
 STATES = ("pending", "running", "done", "failed", "interrupted")
 WHERE = "hydra.sweep.dir"  # what to change when the sweep folder cannot be written
-
-_current_sweep: Path | None = None  # the sweep this process launched (set in on_multirun_start)
-_locks: dict[str, RunLock] = {}  # run/job folder -> the lock this process holds on it (SweepIndex callback)
-_refused: list[str] = []  # jobs of this process refused because another process holds their folder
 
 
 def _now() -> str:
@@ -61,22 +60,20 @@ def _now() -> str:
 
 @contextlib.contextmanager
 def _locked(sweep_dir: Path) -> Iterator[None]:
+    """Serialise the index rebuilds of every process of a sweep (waits for the others)."""
+    lock: filelock.FileLock | None = filelock.FileLock(sweep_dir / JOBS / ".lock", thread_local=False)
     try:
         (sweep_dir / JOBS).mkdir(parents=True, exist_ok=True)
-        lock = open(sweep_dir / JOBS / ".lock", "a")
+        lock.acquire()
     except OSError as exc:
-        error = output_error(sweep_dir / JOBS / ".lock", exc, WHERE)
-        raise (error or exc) from exc
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: rebuilds may race, each one is still complete
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        if exc.errno not in NO_FLOCK:
+            raise output_error(sweep_dir / JOBS / ".lock", exc, WHERE) or exc from exc
+        lock = None  # a file system without locks: rebuilds may race, each one is still complete
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def read_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -171,56 +168,47 @@ def _submitit_log(sweep_dir: Path) -> str | None:
         return None
 
 
-def _slurm_job_id() -> str | None:
-    if "SLURM_ARRAY_JOB_ID" in os.environ:
-        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
-    return os.environ.get("SLURM_JOB_ID")
+def job_error(job_return: JobReturn) -> BaseException | None:
+    """The exception a failed job raised (None if it did not fail). Hydra's `JobReturn.return_value` raises it
+    after writing a line of its own on stderr; that line is silenced: wsa_lab reports the failure itself."""
+    if job_return.status != JobStatus.FAILED:
+        return None
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            job_return.return_value
+        except BaseException as exc:  # noqa: BLE001 - whatever the job raised
+            return exc
+    return None
 
 
-def _lock_folder(folder: Path, hint: str) -> None:
-    """Take (or keep) this process's lock on a run/job folder; RunFolderBusyError if a live process holds it."""
-    key = os.path.abspath(folder)
-    if key not in _locks:
-        _locks[key] = RunLock(folder, hint=hint).acquire()
-
-
-@atexit.register
-def _unlock_all() -> None:
-    """A run that ends by SystemExit (a signal's exit code, a refusal) skips Hydra's end callbacks."""
-    for key in list(_locks):
-        with contextlib.suppress(Exception):
-            _locks.pop(key).release()
-
-
-def _unlock_folder(folder: Path) -> None:
-    lock = _locks.pop(os.path.abspath(folder), None)
-    if lock is not None:
-        lock.release()
-
-
-def _refuse_run(exc: WsaLabError) -> None:
-    """A single run into a folder a live run holds (or that cannot be written): one line, exit code 1
-    (HYDRA_FULL_ERROR=1: the traceback)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise exc
-    print(f"wsa_lab: error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(1) from None
-
-
-def run_folder_state(folder: str | Path) -> dict[str, Any]:
-    """What a run folder says about its run: `status` and `global_step` (summary.json), `checkpoint` (newest file)."""
-    folder = Path(folder)
-    try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        summary = {}
-    checkpoint = next((p for p in (folder / "checkpoints" / n for n in ("last.pt", "prev.pt")) if p.is_file()), None)
-    return {"status": summary.get("status"), "global_step": summary.get("global_step"), "checkpoint": checkpoint}
+def failed_return(overrides: Sequence[str], error: BaseException) -> JobReturn:
+    """A launcher's JobReturn for a job that produced none (killed, cancelled, ...)."""
+    job_return = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+    job_return.return_value = error
+    return job_return
 
 
 class SweepIndex(Callback):
-    """Keeps `index.json`/`index.md` of a sweep, writes `FAILED` markers and takes each run folder's lock
-    (see the module docstring)."""
+    """Keeps `index.json`/`index.md` of a sweep, writes `FAILED` markers and opens each run folder (its lock)
+    before Hydra or the run writes into it (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, RunFolder] = {}  # run/job folder -> the RunFolder this process opened
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the open folders: their locks belong to this process (submitit pickles Hydra's callbacks with
+        the launcher when it requeues a job; the next attempt opens the folder again)."""
+        return {**self.__dict__, "folders": {}}
+
+    def _open(self, folder: Path, hint: str) -> None:
+        key = os.path.abspath(folder)
+        if key not in self.folders:
+            self.folders[key] = RunFolder(key, hint).open()
+
+    def _close(self, folder: Path) -> None:
+        opened = self.folders.pop(os.path.abspath(folder), None)
+        if opened is not None:
+            opened.close()
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -228,29 +216,28 @@ class SweepIndex(Callback):
         except Exception:  # noqa: BLE001 - a run dir that needs Hydra's runtime: locked in on_job_start instead
             return
         try:
-            _lock_folder(folder, "choose another hydra.run.dir")
+            self._open(folder, "choose another hydra.run.dir")
         except WsaLabError as exc:  # busy, or the disk is full / read-only
-            _refuse_run(exc)
+            exit_with_one_line("wsa_lab", exc)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         with contextlib.suppress(Exception):
-            _unlock_folder(Path(str(config.hydra.runtime.output_dir)))
+            self._close(Path(str(config.hydra.runtime.output_dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global _current_sweep
-        _current_sweep = Path(str(config.hydra.sweep.dir)).absolute()
-        _current_sweep.mkdir(parents=True, exist_ok=True)
-        with _locked(_current_sweep):
-            _write_index(_current_sweep)
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(sweep_dir):
+            _write_index(sweep_dir)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         folder = Path(str(config.hydra.runtime.output_dir))
         multirun = config.hydra.mode == RunMode.MULTIRUN
         try:
-            _lock_folder(folder, "choose another hydra.sweep.dir" if multirun else "choose another hydra.run.dir")
+            self._open(folder, "choose another hydra.sweep.dir" if multirun else "choose another hydra.run.dir")
         except WsaLabError as exc:
             if not multirun:
-                _refuse_run(exc)
+                exit_with_one_line("wsa_lab", exc)
             if not isinstance(exc, RunFolderBusyError):
                 raise
             # another process runs this job: leave its folder and index entry alone; `train` refuses this one
@@ -264,31 +251,32 @@ class SweepIndex(Callback):
             sweep_dir, int(config.hydra.job.num),
             overrides=list(filter_overrides(list(config.hydra.overrides.task))),
             folder=os.path.relpath(folder.absolute(), sweep_dir), state="running", started=_now(), attempts="+1",
-            host=socket.gethostname(), pid=os.getpid(), slurm_job_id=_slurm_job_id(), log=_submitit_log(sweep_dir),
+            host=socket.gethostname(), pid=os.getpid(), slurm_job_id=slurm_job(), log=_submitit_log(sweep_dir),
             error=None,
         )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         folder = Path(str(config.hydra.runtime.output_dir))
         multirun = config.hydra.mode == RunMode.MULTIRUN
-        if multirun and os.path.abspath(folder) not in _locks:  # refused in on_job_start: not this process's job
-            exc = job_return._return_value
-            _refused.append(f"job #{config.hydra.job.num} was not run: {exc}")
-            return
+        if multirun and os.path.abspath(folder) not in self.folders:  # refused in on_job_start: another's job
+            return  # the sweeper reports it (`refusal`)
         overrides = list(filter_overrides(list(config.hydra.overrides.task)))
-        failed = job_return.status != JobStatus.COMPLETED
-        error = None
-        if failed:
-            exc = job_return._return_value
-            text = "".join(traceback.format_exception(exc)) if isinstance(exc, BaseException) else str(exc)
-            write_failure(folder, overrides, text)
-            error = _one_line(exc)
+        exc = job_error(job_return)
+        if exc is not None:
+            write_failure(folder, overrides, "".join(traceback.format_exception(exc)))
         if multirun:
             update_job(
                 Path(str(config.hydra.sweep.dir)).absolute(), int(config.hydra.job.num),
-                state="failed" if failed else "done", ended=_now(), error=error,
+                state="failed" if exc is not None else "done", ended=_now(),
+                error=_one_line(exc) if exc is not None else None,
             )
-            _unlock_folder(folder)
+            self._close(folder)
+
+
+def refusal(num: int, job_return: JobReturn) -> str | None:
+    """`job #N was not run: <why>` for a job refused because another live process holds its folder, else None."""
+    exc = job_error(job_return)
+    return f"job #{num} was not run: {exc}" if isinstance(exc, RunFolderBusyError) else None
 
 
 def record_lost_job(sweep_dir: str | Path, num: int, overrides: Sequence[str], error: BaseException | str) -> None:
@@ -310,11 +298,6 @@ def record_interrupted_job(sweep_dir: str | Path, num: int, why: str) -> None:
     update_job(sweep_dir, num, state="interrupted", ended=_now(), error=why)
 
 
-def note_refused(message: str) -> None:
-    """A launcher's report of a job refused because another live process holds its folder."""
-    _refused.append(message)
-
-
 def interrupted_line(sweep_dir: Path, stopped: int, killed: int = 0, not_started: int = 0, grace_s: float = 0) -> str:
     """The one line a stopped sweep prints: what happened to its jobs and how to resume them."""
     parts = [f"{stopped} job{'s' * (stopped != 1)} stopped with a checkpoint"]
@@ -330,31 +313,26 @@ def interrupted_line(sweep_dir: Path, stopped: int, killed: int = 0, not_started
     )
 
 
-def end_sweep_report() -> None:
-    """A launcher has printed the sweep's outcome itself (an interrupted sweep): `finish_sweep` stays quiet."""
-    global _current_sweep
-    _current_sweep = None
-    _refused.clear()
+class SweepStopped(SystemExit):
+    """A launcher stopped the sweep on a signal and printed its outcome itself; exits 128 + the signal."""
 
 
-def finish_sweep() -> int:
-    """After a sweep launched by this process: settle jobs that died with it, print the outcome.
+def finish_sweep(sweep_dir: Path, refused: Sequence[str] = ()) -> int:
+    """After a sweep launched by this process: settle jobs that died with it, print the outcome (`refused`: one
+    line per job another live process's folder lock refused).
 
-    Returns the number of jobs that need another run: failed, interrupted or refused (0 also when no sweep
-    ran). A job still `running` whose process was this one (the basic launcher runs jobs in-process) stopped
+    Returns the number of jobs that need another run: failed, interrupted or refused (0 also when the sweep
+    folder is missing). A job still `running` whose process was this one (the basic launcher runs jobs in-process) stopped
     with the sweep: `interrupted` when its folder says it stopped on a signal with a checkpoint (then the one
     line of an interrupted sweep is printed), else `failed`. Jobs of a cluster launcher keep their state (they
     may still run there).
     """
-    global _current_sweep
-    sweep_dir, _current_sweep = _current_sweep, None
-    refused, _refused[:] = list(_refused), []
-    if sweep_dir is None or not sweep_dir.is_dir():
+    if not sweep_dir.is_dir():
         return 0
     stopped_here = 0
     for job in read_jobs(sweep_dir):
         if job["state"] == "running" and job.get("pid") == os.getpid() and job.get("host") == socket.gethostname():
-            state = run_folder_state(sweep_dir / job["folder"]) if job.get("folder") else {}
+            state = run_state(sweep_dir / job["folder"]) if job.get("folder") else {}
             if state.get("status") == "interrupted":
                 stopped_here += 1
                 record_interrupted_job(

@@ -9,50 +9,49 @@ therefore checked in `on_run_start` / `on_multirun_start`, which Hydra calls bef
 - ``ptm=[a,a]``: the `ptm` group keeps one entry per name, so the second would be dropped silently;
 - an output folder that is a file, or sits under a read-only or missing-permission folder.
 
-Each prints one line (``wsa_lab: error: ...``) and exits with code 1.
+Each prints one line (``wsa_lab: error: ...``) and exits with code 1. A run refused later, at start-up (a
+config error found by `train`), leaves no folder either: the folders this callback saw Hydra about to create
+are removed when the process ends, if they hold nothing but Hydra's own files.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import re
-import sys
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from wsa_lab.errors import ConfigError
+from wsa_lab.errors import ConfigError, exit_with_one_line
 
 #: Config keys that hold secrets, wherever they appear (W&B reads its key from `wandb login` / $WANDB_API_KEY).
 SECRET_KEYS = ("api_key", "wandb_api_key", "token", "password", "secret")
 #: A run's `name` becomes part of folder names: letters, digits and ._-+= only, not starting with a dot.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]*$")
 
-#: Set by `on_run_start`: the run folder, and the topmost folder of its path that did not exist yet, when this
-#: process creates them (a run refused at start-up then removes what it created).
-created_run_dir: Path | None = None
-created_top: Path | None = None
 
-
-def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            value = node._get_node(key)
+def _walk(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every key path of a plain container (`a.b`, `a.list[0].c`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else str(key)
-            yield path, value
+            yield path
             yield from _walk(value, path)
-    elif isinstance(node, ListConfig):
-        for i, value in enumerate(node._iter_ex(resolve=False)):
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
             yield from _walk(value, f"{prefix}[{i}]")
 
 
 def secret_keys(cfg: DictConfig) -> list[str]:
     """Config paths whose last key names a secret (`logger.wandb.api_key`, ...); `hydra` itself is skipped."""
     found = []
-    for path, _ in _walk(cfg):
+    for path in _walk(OmegaConf.to_container(cfg, resolve=False)):  # unresolved: interpolations stay unread
         if path.startswith("hydra."):
             continue
         last = path.rsplit(".", 1)[-1].split("[")[0].lower()
@@ -105,13 +104,6 @@ def check_output_dir(path: Path, key: str) -> None:
         raise ConfigError(f"cannot create or write the output folder {path}: {existing} {where}; set {key} to a writable folder")
 
 
-def _fail(exc: ConfigError) -> None:
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise exc
-    print(f"wsa_lab: error: {exc}", file=sys.stderr)
-    sys.exit(1)
-
-
 class StartupGuard(Callback):
     """The checks above, before Hydra writes anything (see the module docstring)."""
 
@@ -121,22 +113,34 @@ class StartupGuard(Callback):
         check_ptm_overrides(list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global created_run_dir, created_top
         try:
             self._check_job(config)
             run_dir = Path(str(config.hydra.run.dir)).absolute()
             check_output_dir(run_dir, "hydra.run.dir")
         except ConfigError as exc:
-            _fail(exc)
-            return
-        created_run_dir = None if run_dir.exists() else run_dir
-        created_top = run_dir
-        while created_top.parent != created_top and not created_top.parent.exists():
-            created_top = created_top.parent
+            exit_with_one_line("wsa_lab", exc)
+        if not run_dir.exists():
+            top = run_dir
+            while top.parent != top and not top.parent.exists():
+                top = top.parent
+            atexit.register(_remove_unstarted_run, run_dir, top, str(OmegaConf.select(config, "hydra.job.name")))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self._check_job(config)
             check_output_dir(Path(str(config.hydra.sweep.dir)).absolute(), "hydra.sweep.dir")
         except ConfigError as exc:
-            _fail(exc)
+            exit_with_one_line("wsa_lab", exc)
+
+
+def _remove_unstarted_run(run_dir: Path, top: Path, job_name: str) -> None:
+    """A run that never started (refused at start-up) leaves no folder behind: the one Hydra made for it (only its
+    `.hydra/` and log), and the folders above it that this process made (`runs/<date>/`, `runs/`) if empty now."""
+    if not run_dir.is_dir() or not all(p.name in {".hydra", f"{job_name}.log", ".lock"} for p in run_dir.iterdir()):
+        return
+    logging.shutdown()  # Hydra's file handler holds the log open
+    shutil.rmtree(run_dir, ignore_errors=True)
+    folder = run_dir.parent
+    while folder.is_relative_to(top) and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from wsa_lab.errors import WsaLabError
-from wsa_lab.files import output_error
+from wsa_lab.run.atomic import output_error
 
 log = logging.getLogger(__name__)
 

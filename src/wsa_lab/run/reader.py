@@ -1,0 +1,122 @@
+"""Reading run folders: the one reader behind `wsa_lab.evaluate`, the report and the sweep index.
+
+A run folder (see the README, "What a run leaves behind") holds `summary.json`, `resolved_config.yaml`,
+`metrics.jsonl` and `checkpoints/{last,prev}.pt`. Files that cannot be read raise `RunFileError`, a one-line
+`ConfigError` naming the folder and the file (its `why` is the reason alone, for callers that word it their way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from wsa_lab.errors import ConfigError
+from wsa_lab.run.checkpoint import LAST, PREVIOUS
+
+SUMMARY, RESOLVED_CONFIG, METRICS, CHECKPOINTS = "summary.json", "resolved_config.yaml", "metrics.jsonl", "checkpoints"
+#: Folders inside a run or sweep folder that never hold runs.
+SKIP_DIRS = {"wandb", "tensorboard", CHECKPOINTS, ".hydra", ".submitit", "report"}
+
+
+class RunFileError(ConfigError):
+    """A file of a run folder exists but cannot be read."""
+
+    def __init__(self, folder: Path, name: str, why: str) -> None:
+        kind = "JSON" if name.endswith(".json") else "YAML"
+        super().__init__(f"{folder}: {name} is not readable {kind} ({why})")
+        self.why = why
+
+
+def first_line(exc: BaseException) -> str:
+    """A parse error in one line: ``<problem> at line L, column C`` for YAML and JSON, else the message's first line."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def read_summary_bytes(folder: Path) -> tuple[dict[str, Any], bytes]:
+    """`summary.json` as a dict and its bytes; FileNotFoundError when absent, RunFileError when unreadable."""
+    data = (folder / SUMMARY).read_bytes()
+    try:
+        summary = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFileError(folder, SUMMARY, first_line(exc)) from exc
+    if not isinstance(summary, dict):
+        raise RunFileError(folder, SUMMARY, f"a {type(summary).__name__}, not an object")
+    return summary, data
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """`summary.json` ({} when absent); RunFileError when unreadable."""
+    try:
+        return read_summary_bytes(folder)[0]
+    except FileNotFoundError:
+        return {}
+
+
+def read_resolved_config(folder: Path) -> DictConfig:
+    """`resolved_config.yaml`, a run's config (a mapping with an `env`); ConfigError when missing or unreadable."""
+    path = folder / RESOLVED_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no {RESOLVED_CONFIG} (written by wsa_lab at the start of each run)")
+    try:
+        cfg = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as exc:
+        raise RunFileError(folder, RESOLVED_CONFIG, first_line(exc)) from exc
+    if not isinstance(cfg, DictConfig):
+        raise RunFileError(folder, RESOLVED_CONFIG, "a list, not a mapping")
+    if not isinstance(cfg.get("env"), DictConfig):
+        raise ConfigError(f"{folder}: {RESOLVED_CONFIG} is not a run's config (no env section)")
+    return cfg
+
+
+def read_metrics_text(text: str) -> tuple[list[dict[str, Any]], int]:
+    """Records of `metrics.jsonl`'s text, and how many lines were unreadable (a torn last line of a killed run)."""
+    records, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad += 1
+    return records, bad
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """`checkpoints/last.pt`, else `checkpoints/prev.pt` (a crash between the two renames), else None."""
+    return next((p for p in (folder / CHECKPOINTS / n for n in (LAST, PREVIOUS)) if p.is_file()), None)
+
+
+def run_state(folder: str | Path) -> dict[str, Any]:
+    """What a (possibly running) folder says about its run: `status` and `global_step` (summary.json, None when
+    unreadable yet) and `checkpoint` (the newest file)."""
+    folder = Path(folder)
+    try:
+        summary = read_summary(folder)
+    except (OSError, RunFileError):  # being replaced right now
+        summary = {}
+    return {
+        "status": summary.get("status"), "global_step": summary.get("global_step"),
+        "checkpoint": newest_checkpoint(folder),
+    }
+
+
+def run_folders_below(root: Path, is_run: Callable[[Path], bool]) -> Iterator[Path]:
+    """Run folders under `root` (not `root` itself), in sorted order; a run folder's subfolders are not searched."""
+    for here, dirs, _files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+        path = Path(here)
+        if path != root and is_run(path):
+            dirs.clear()
+            yield path

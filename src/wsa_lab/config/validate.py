@@ -141,7 +141,7 @@ def logger_settings(cfg: DictConfig) -> LoggerSettings:
 
     `logger.console` is checked here too (only the progress bar reads it, in train).
     """
-    check_secrets(cfg)  # one place decides what a secret is (wsa_lab.guard)
+    check_secrets(cfg)  # one place decides what a secret is (wsa_lab.run.startup)
     node = cfg.get("logger") or {}
     if "console" in node:
         structured(ConsoleConfig, node["console"], "logger.console")

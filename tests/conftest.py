@@ -38,6 +38,8 @@ def _isolated_torch_home(fake_torch_home: Path, monkeypatch: pytest.MonkeyPatch)
     """Every test sees the fake cache (and never the user's real one), and may load its stand-in files."""
     monkeypatch.setenv("TORCH_HOME", str(fake_torch_home))
     monkeypatch.setenv(ALLOW_UNVERIFIED_ENV, "1")
+    # The coverage env's cached optima (wsa_lab.envs.coverage_optimum) go here, not to the user's ~/.cache.
+    monkeypatch.setenv("WSA_LAB_OPTIMUM_CACHE", str(fake_torch_home.parent / "optimum_cache"))
     return fake_torch_home
 
 

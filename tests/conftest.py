@@ -42,6 +42,8 @@ def _isolated_torch_home(fake_torch_home: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("TORCH_HOME", str(fake_torch_home))
     monkeypatch.setenv(ALLOW_UNVERIFIED_ENV, "1")
     monkeypatch.setenv(OFFLINE_ENV, "1")
+    # The coverage env's cached optima (wsa_lab.envs.coverage_optimum) go here, not to the user's ~/.cache.
+    monkeypatch.setenv("WSA_LAB_OPTIMUM_CACHE", str(fake_torch_home.parent / "optimum_cache"))
     return fake_torch_home
 
 

@@ -336,7 +336,8 @@ def test_tiny_checkpoints_on_every_suite(tiny_sweep: Path, suite: str):
         assert on_disk == json.loads(json.dumps(run_result))
         assert list(on_disk["conditions"]) == list(suite_cfg.conditions) and on_disk["metric"] == "eval/greedy_ratio"
         for name, c in on_disk["conditions"].items():
-            assert c["references"] == ["greedy", "random"]
+            assert c["references"] == ["greedy", "random", "optimum"]  # conf/env/coverage.yaml: optimum_reference
+            assert c["optimum_return"] >= c["greedy_return"] - 1e-6, name
             assert c["greedy_return"] > 0 and c["greedy_return"] >= c["random_return"] - 1e-6, name
             for key in ("return", "stochastic_return", "greedy_ratio", "stochastic_greedy_ratio", "random_greedy_ratio",
                         "random_ratio", "stochastic_random_ratio"):

@@ -24,6 +24,7 @@ from wsa_lab.contract import GraphBatch
 from .geometry import squared_distances, within_radius
 from .instances import generate_instances, knn_neighbors
 from .observation import NODE_FEATURE_DIM, knn_edge_index
+from .coverage_optimum import optimum_returns
 from .policies import greedy_returns, random_returns
 from .render import render_image
 
@@ -90,6 +91,9 @@ class CoverageEnv:
         autoreset: replace ended envs by fresh instances within the same ``step``.
         device: device of all state tensors.
         seed: seed of the env's own ``torch.Generator`` (instances for ``reset``/autoreset).
+        optimum_reference: also offer the ``optimum`` reference (the exact best return of each instance, by a
+            MILP: :mod:`wsa_lab.envs.coverage_optimum`); only computed where :meth:`reference_returns` is called,
+            i.e. for the evaluation env.
     """
 
     node_feature_dim: int = NODE_FEATURE_DIM
@@ -113,6 +117,7 @@ class CoverageEnv:
         autoreset: bool = True,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        optimum_reference: bool = False,
     ) -> None:
         for name, value in (("cluster_std", cluster_std), ("background_frac", background_frac), ("r_min", r_min),
                             ("r_max", r_max), ("cost", cost)):
@@ -160,6 +165,7 @@ class CoverageEnv:
         self.autoreset = autoreset
         self.device = torch.device(device)
         self.seed = seed
+        self.reference_names = (*REFERENCE_NAMES, "optimum") if optimum_reference else REFERENCE_NAMES
         # reset(instances=...) may change B and N; a plain reset() returns to these.
         self._default_num_envs = num_envs
         self._default_num_nodes = num_nodes
@@ -418,7 +424,7 @@ class CoverageEnv:
 
         Played on a copy (this env's episodes are untouched): ``greedy`` (one-step greedy over the unmasked
         sites x ``greedy_radius_grid`` radii) and ``random`` (uniform node and radius, seeded with the env's
-        seed). Shapes: ``{name: [B]}``.
+        seed); with ``optimum_reference``, ``optimum`` (cached on disk). Shapes: ``{name: [B]}``.
         """
         instances = (self.pos.clone(), self.demand.clone())
         copy = CoverageEnv(
@@ -426,10 +432,19 @@ class CoverageEnv:
             r_min=self.r_min, r_max=self.r_max, cost=self.cost, image_size=self.image_size,
             max_episode_steps=self.max_episode_steps, autoreset=False, device=self.device, seed=self.seed,
         )
-        return {
+        references = {
             "greedy": greedy_returns(copy, instances, self.greedy_radius_grid),
             "random": random_returns(copy, instances, self.seed),
         }
+        # --- the optional exact optimum (optimum_reference=True); dropped from reference_names (one log line)
+        # where the solver is missing or does not prove optimality.
+        if "optimum" in self.reference_names:
+            optimum = optimum_returns(copy, instances)
+            if optimum is None:
+                self.reference_names = REFERENCE_NAMES
+            else:
+                references["optimum"] = optimum
+        return references
 
     # ------------------------------------------------------------------ checkpointing
     _STATE_TENSORS = (

@@ -64,6 +64,7 @@ class Evaluator:
         self.env, self.seed = env, seed
         env.reset(seed=seed)
         references = env.reference_returns() if hasattr(env, "reference_returns") else {}
+        # Read after reference_returns(): an env may drop a reference it could not compute (coverage's optimum).
         self.reference_names: list[str] = list(getattr(env, "reference_names", ()) or references)
         self.reference_returns = {name: references[name].mean().item() for name in self.reference_names}
         self.metrics = ["eval/return", *(f"eval/{name}_ratio" for name in self.reference_names)]

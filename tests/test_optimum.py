@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from wsa_lab.config import config_dir
+from wsa_lab.conf_files import config_dir
 from wsa_lab.envs import CoverageEnv
 from wsa_lab.envs import coverage_optimum
 from wsa_lab.envs.coverage_optimum import optimum_returns, useful_radii

@@ -20,6 +20,7 @@ from wsa_lab.errors import ConfigError, WsaLabError
 from wsa_lab.models import ActorCritic
 from wsa_lab.rl import PPO, Evaluator
 from wsa_lab.seeding import deterministic_kernels, seed_everything
+from wsa_lab.trust import check_actor_critic_node, check_env_node
 
 
 def instantiate_node(node: DictConfig, where: str, **kwargs: Any) -> Any:
@@ -37,13 +38,15 @@ def instantiate_node(node: DictConfig, where: str, **kwargs: Any) -> Any:
 
 def make_env(cfg: DictConfig, **kwargs: Any) -> VectorGraphEnv:
     """The vector env of `cfg.env` (any :class:`~wsa_lab.contract.VectorGraphEnv`); `num_envs`, `seed`, `device`
-    come from the caller."""
+    come from the caller. The config may name an env class there and no other callable (:mod:`wsa_lab.trust`)."""
+    check_env_node(cfg.env)
     return instantiate_node(cfg.env, "env", **kwargs)
 
 
 def make_agent(cfg: DictConfig, env: VectorGraphEnv) -> ActorCritic:
     """The actor-critic of `cfg.actor_critic`, sized from `env`'s spaces (checked against the contract here)."""
     observation, action = specs(env)
+    check_actor_critic_node(cfg.actor_critic)  # wsa_lab's builder, nothing else (wsa_lab.trust)
     build = instantiate_node(cfg.actor_critic, "actor_critic", _partial_=True, _convert_="all")
     try:
         return build(observation_spec=observation, action_spec=action)

@@ -17,7 +17,7 @@ from .coverage import REFERENCE_NAMES, CoverageEnv, coverage_spaces
 
 class CoverageGymEnv(gymnasium.Env):
     """Gymnasium view of one coverage instance (``CoverageEnv(num_envs=1, autoreset=False)``), in the graph env
-    contract's form (``env=gym env.id=wsa_lab/Coverage-v0`` trains on it through gymnasium's vector envs).
+    contract's form (``env=gym env.id=wsa_lab.envs:wsa_lab/Coverage-v0`` trains on it through gymnasium's vector envs).
 
     Observation (numpy, one instance): ``graph`` a ``GraphInstance`` (node features ``(N, 6)``, one edge per
     kNN neighbour ``[neighbour, node]`` with its length), ``action_mask`` ``(N,)`` int8 (1 = allowed),

@@ -116,7 +116,7 @@ class ActorCritic(nn.Module):
         self.frozen_feature_cache = frozen_feature_cache
         self.gpu = gpu
         self.raster_size = raster_size  # set: image PTMs read node features rasterised to this side (no env image)
-        # the design summary's attention knobs, applied by the trainer (param_groups, hold_uniform)
+        # the WSA attention knobs (uniform start, warm-up, own learning rate), applied by the trainer (param_groups, hold_uniform)
         self.attention_lr_scale = attention_lr_scale
         self.uniform_warmup_steps = uniform_warmup_steps
         self.rollout = RolloutRecord(self.ptm_names, log_attention, log_features)
@@ -141,7 +141,7 @@ class ActorCritic(nn.Module):
 
     def param_groups(self, learning_rate: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups: the attention's parameters at `learning_rate * attention_lr_scale` (the
-        design summary's "attention learning rate"), everything else at `learning_rate`. Each group keeps its
+        attention's own learning rate), everything else at `learning_rate`. Each group keeps its
         `base_lr`, which learning-rate annealing scales."""
         attention = {id(p) for p in self.attention.parameters()} if self.attention is not None else set()
         rest = [p for p in self.parameters() if id(p) not in attention]

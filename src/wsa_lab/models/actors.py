@@ -1,4 +1,4 @@
-"""The two actors of the WSA design summary: `StandardActor` (GNN -> grid -> ResNet18) and `WSAEnhancedActor`."""
+"""The two actors the ablations compare: `StandardActor` (GNN -> grid -> ResNet18) and `WSAEnhancedActor`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class ActorFeatures(NamedTuple):
 
 
 class StandardActor(nn.Module):
-    r"""The Standard Actor of the WSA design summary: GNN node embeddings rasterised to a grid, read by one ResNet.
+    r"""The Standard Actor (the no-WSA baseline of phase 1): GNN node embeddings rasterised to a grid, read by one ResNet.
 
     Node embeddings are projected to 3 channels (so ImageNet weights apply unchanged), averaged into a
     `grid_size` grid by node position, normalised like ImageNet images and passed through the ResNet.

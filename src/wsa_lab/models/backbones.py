@@ -44,6 +44,7 @@ from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from wsa_lab.errors import ConfigError
 from wsa_lab.models.encoders import GraphCNN
+from wsa_lab.trust import check_module_factory
 from wsa_lab.weights.files import load_module_weights
 from wsa_lab.weights.load import build_torchvision, checkpoint_supplies_weights
 from wsa_lab.weights.names import is_torchvision_model, torchvision_models, torchvision_weights
@@ -291,6 +292,7 @@ def import_target(target: str, who: str) -> Callable[..., Any]:
         ) from exc
     if not callable(obj):
         raise ConfigError(f"{who}: target {target!r} is a {type(obj).__name__}, not a callable returning an nn.Module")
+    check_module_factory(obj, target, who)  # before it is ever called: a config is data (wsa_lab.trust)
     return obj
 
 

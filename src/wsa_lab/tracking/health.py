@@ -1,4 +1,4 @@
-"""Attention health: the WSA design summary's "Healthy Attention Patterns" and "Warning Signs", measured during training.
+"""Attention health: healthy attention patterns (balanced, dynamic) and warning signs (collapse, noise), measured during training.
 
 The input is the rollout-mean attention weight of each PTM, one vector per PPO iteration
 (`wsa/attention_weights_<i>`). Over a sliding window of the last `window` vectors, `w[t, i]`:
@@ -14,12 +14,12 @@ and the state is the first that applies:
     collapsed  max_weight > collapse_threshold            one PTM gets (almost) all the attention
     noisy      noise > noise_threshold                    unstable, not explained by a trend
     static     change < static_tolerance                  weights stopped changing
-    balanced   every mean weight in [balanced_low, balanced_high] / P   (P=3: 20%-40%, the WSA design summary's range)
+    balanced   every mean weight in [balanced_low, balanced_high] / P   (P=3: 20%-40%)
     skewed     none of the above: uneven, not a warning sign
 
 `collapsed`, `noisy` and `static` are warning signs: one warning line is printed when the state changes.
 
-The troubleshooting checks of the WSA design summary ("features are diverse", "feature norms are balanced") are
+The troubleshooting checks ("features are diverse", "feature norms are balanced") are
 judged per iteration by :class:`FeatureHealth` from `wsa/feature_similarity/<a>__<b>` (mean cosine similarity of
 two PTMs' adapted features over the rollout's states) and `wsa/feature_norm_imbalance` (largest / smallest mean
 feature norm): one warning the first time a pair of PTMs is near-identical (similarity above

@@ -44,7 +44,7 @@ class Tracker:
 
     Backends are objects with `log(metrics, step)`, `log_attention(weights, names, step)` and
     `finish(summary)`; they are closed in `finish` also when training raised. On top of the metrics it is
-    given, the tracker adds the per-name copies of the WSA design summary's indexed WSA metrics
+    given, the tracker adds the per-name copies of the indexed WSA metrics
     (`wsa/attention/<ptm name>`, `wsa/feature_norms/<ptm name>`, so runs with different PTM orders compare)
     and the attention health (`wsa/health/*`, see `health.py`).
     """

@@ -81,7 +81,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     )
     loggers = logger_settings(cfg)
     if loggers.wandb is not None and loggers.wandb.resolved_mode() == "online":
-        from wsa_lab.tracking.wandb_backend import check_reachable  # wsa_lab.tracking imports this module
+        from wsa_lab.tracking.probe import check_reachable  # not at import: wsa_lab.tracking imports this module
 
         # before anything is written: wandb itself retries ~100 s without network
         check_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))

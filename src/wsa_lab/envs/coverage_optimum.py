@@ -35,7 +35,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -43,10 +43,7 @@ from torch import Tensor
 
 
 from .geometry import squared_distances, within_radius
-from .policies import run_episodes
-
-if TYPE_CHECKING:  # annotations only: the env imports this module
-    from .coverage import CoverageEnv
+from .policies import CoverageState, run_episodes
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +65,7 @@ class Plan:
     seconds: float
 
 
-def optimum_returns(env: CoverageEnv, instances: tuple[Tensor, Tensor], time_limit: float = TIME_LIMIT_S) -> Optional[Tensor]:
+def optimum_returns(env: CoverageState, instances: tuple[Tensor, Tensor], time_limit: float = TIME_LIMIT_S) -> Optional[Tensor]:
     """The optimal episode return of each instance (``[B]``), from the cache or the solver; None (and one log
     line) where the solver is missing or an instance is not proven optimal within ``time_limit`` seconds.
 
@@ -90,7 +87,7 @@ def optimum_returns(env: CoverageEnv, instances: tuple[Tensor, Tensor], time_lim
     return replay(env, instances, plans)
 
 
-def solve(env: CoverageEnv, time_limit: float = TIME_LIMIT_S) -> list[Plan]:
+def solve(env: CoverageState, time_limit: float = TIME_LIMIT_S) -> list[Plan]:
     """The optimal plan of each of ``env``'s current instances; stops at the first one not proven optimal."""
     steps = env.num_sites if env.max_episode_steps is None else min(env.num_sites, env.max_episode_steps)
     action, reachable, penalty = (t.cpu().numpy() for t in useful_radii(env))
@@ -105,7 +102,7 @@ def solve(env: CoverageEnv, time_limit: float = TIME_LIMIT_S) -> list[Plan]:
     return plans
 
 
-def replay(env: CoverageEnv, instances: tuple[Tensor, Tensor], plans: list[Plan]) -> Tensor:
+def replay(env: CoverageState, instances: tuple[Tensor, Tensor], plans: list[Plan]) -> Tensor:
     """``env``'s episode returns when each instance plays its plan (steps past a plan's end never happen: a
     shorter plan covers all demand, which ends the episode). Shapes: ``[B]``."""
     longest = max(len(plan.nodes) for plan in plans)
@@ -116,7 +113,7 @@ def replay(env: CoverageEnv, instances: tuple[Tensor, Tensor], plans: list[Plan]
         radii[b, : len(plan.radii)] = torch.tensor(plan.radii)
     nodes, radii = nodes.to(env.device), radii.to(env.device)
 
-    def planned(_obs: Any, e: CoverageEnv) -> tuple[Tensor, Tensor]:
+    def planned(_obs: Any, e: CoverageState) -> tuple[Tensor, Tensor]:
         t = e.t.clamp(max=longest - 1).unsqueeze(1)
         return nodes.gather(1, t).squeeze(1), radii.gather(1, t).squeeze(1)
 
@@ -130,7 +127,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wsa_lab" / "optimum"
 
 
-def _cache_key(env: CoverageEnv) -> str:
+def _cache_key(env: CoverageState) -> str:
     """A hash of what the optimum depends on: the reward's settings and the instances themselves (so the env's
     generator settings and the evaluation seed count through the instances they produce)."""
     settings = {"version": _CACHE_VERSION, "num_sites": env.num_sites, "max_episode_steps": env.max_episode_steps,
@@ -180,7 +177,7 @@ def solver_available() -> bool:
     return True
 
 
-def useful_radii(env: CoverageEnv) -> tuple[Tensor, Tensor, Tensor]:
+def useful_radii(env: CoverageState) -> tuple[Tensor, Tensor, Tensor]:
     """Every node's smallest covering action radius from every site, and the penalty of each.
 
     Returns ``(action [B, N, N], reachable [B, N, N], penalty [B, N, N])``: ``action[b, s, j]`` is the smallest

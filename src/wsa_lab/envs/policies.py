@@ -23,6 +23,8 @@ class CoverageState(Protocol):
     num_sites: int
     max_episode_steps: Optional[int]
     cost: float
+    r_min: float
+    r_max: float
     autoreset: bool
     device: torch.device
     pos: Tensor  # [B, N, 2]

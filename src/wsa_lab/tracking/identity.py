@@ -78,3 +78,15 @@ def run_identity(cfg: DictConfig) -> RunIdentity:
         wsa_enabled=enabled,
         sweep=_sweep_name(),
     )
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """Where a resumed run picks up, for the backends that keep their own history (TensorBoard, W&B).
+
+    `step`: the checkpoint's global_step, from which training continues. `logged_until`: the last step an earlier
+    attempt logged; metrics.jsonl drops what came after the checkpoint, but event files and W&B runs already hold it.
+    """
+
+    step: int
+    logged_until: int

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from wsa_lab.errors import ConfigError
 from wsa_lab.config.schema import TensorBoardConfig
-from wsa_lab.tracking.identity import RunIdentity
-
-if TYPE_CHECKING:
-    from wsa_lab.tracking.tracker import Continuation
+from wsa_lab.tracking.identity import Continuation, RunIdentity
 
 
 class TensorBoardBackend:
@@ -26,7 +23,7 @@ class TensorBoardBackend:
 
     def __init__(
         self, settings: TensorBoardConfig, run_dir: Path, identity: RunIdentity, config: Mapping[str, Any],
-        continuation: Optional["Continuation"] = None,
+        continuation: Optional[Continuation] = None,
     ) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter

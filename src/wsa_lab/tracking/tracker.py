@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -14,24 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from wsa_lab.tracking.health import AttentionHealth, FeatureHealth
 from wsa_lab.tracking.metrics import MetricsWriter, read_metrics, write_json_atomic
 from wsa_lab.config.validate import logger_settings
-from wsa_lab.tracking.identity import run_identity
+from wsa_lab.tracking.identity import Continuation, run_identity
 
 log = logging.getLogger("wsa_lab")
 
 _INDEXED = re.compile(r"^wsa/(attention_weights|feature_norms)_(\d+)$")
 _BY_NAME = {"attention_weights": "wsa/attention/", "feature_norms": "wsa/feature_norms/"}
-
-
-@dataclass(frozen=True)
-class Continuation:
-    """Where a resumed run picks up, for the backends that keep their own history (TensorBoard, W&B).
-
-    `step`: the checkpoint's global_step, from which training continues. `logged_until`: the last step an earlier
-    attempt logged; metrics.jsonl drops what came after the checkpoint, but event files and W&B runs already hold it.
-    """
-
-    step: int
-    logged_until: int
 
 
 def unique_names(names: Sequence[str]) -> list[str]:

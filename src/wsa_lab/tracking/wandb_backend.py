@@ -20,24 +20,17 @@ import math
 import secrets
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
-from wsa_lab.errors import WsaLabError
 from wsa_lab.config.schema import WandbConfig
-from wsa_lab.tracking.identity import RunIdentity
-
-if TYPE_CHECKING:
-    from wsa_lab.tracking.tracker import Continuation
+from wsa_lab.tracking.identity import Continuation, RunIdentity
+from wsa_lab.tracking.probe import TrackingError
 
 log = logging.getLogger("wsa_lab")
 
 RUN_ID_FILE = "wandb_run_id.txt"
-
-
-class TrackingError(WsaLabError):
-    """A logger backend could not start (the message says how to fix it)."""
 
 
 def run_id_for(run_dir: Path, new: bool = False) -> str:
@@ -53,28 +46,6 @@ def run_id_for(run_dir: Path, new: bool = False) -> str:
     return run_id
 
 
-#: Seconds to wait for the W&B server before an online run gives up (wandb itself blocks ~100 s without network).
-ONLINE_PROBE_TIMEOUT_S = 5.0
-
-
-def check_reachable(base_url: str, timeout: float = ONLINE_PROBE_TIMEOUT_S) -> None:
-    """A TCP connection to the W&B server within `timeout` seconds, or a one-line TrackingError."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(base_url if "://" in base_url else f"https://{base_url}")
-    host, port = url.hostname or base_url, url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise TrackingError(
-            f"logger.wandb.mode=online, but the W&B server {host}:{port} cannot be reached ({reason}, within "
-            f"{timeout:.0f} s); check the network, or train with logger.wandb.mode=offline and upload later with "
-            "`wandb sync <run folder>/wandb/offline-run-*`"
-        ) from exc
-
-
 def _summary_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -86,7 +57,7 @@ class WandbBackend:
 
     def __init__(
         self, settings: WandbConfig, run_dir: Path, identity: RunIdentity, config: Mapping[str, Any],
-        continuation: Optional["Continuation"] = None,
+        continuation: Optional[Continuation] = None,
     ) -> None:
         import wandb  # imported here: W&B is only loaded by runs that use it
 

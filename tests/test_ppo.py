@@ -94,3 +94,32 @@ def test_non_finite_parameter_is_named():
         ppo.agent.head.log_std.fill_(float("inf"))
     with pytest.raises(TrainingDivergedError, match="non-finite"):
         ppo._check_parameters()
+
+
+def test_divergence_is_one_line_and_its_advice_works(tmp_path, monkeypatch):
+    """algo.learning_rate=1e6: one TrainingDivergedError (never torch's `Normal(loc=nan)` ValueError from the next
+    forward), saying whether a checkpoint is kept; resuming with a lower learning rate is accepted and recorded."""
+    import json
+
+    from conftest import compose_config
+    from test_resume import crash_after_logging
+    from test_train import TINY
+    from wsa_lab.errors import TrainingDivergedError
+    from wsa_lab.train import train
+
+    run = tmp_path / "run"
+    base = [*TINY, "ptm=[graph_cnn]", "algo.total_timesteps=128"]
+    with pytest.raises(TrainingDivergedError) as info:
+        train(compose_config([*base, "algo.learning_rate=1e6"], tmp_path / "fresh"))
+    assert "no checkpoint was written before it" in str(info.value) and "\n" not in str(info.value)
+    with monkeypatch.context() as m:  # a run that stopped after its checkpoint at step 64
+        crash_after_logging(m, at_step=96)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(compose_config([*base, "checkpoint.interval=2"], run))
+    with pytest.raises(ConfigError, match="another config"):  # anything else that differs is still refused
+        train(compose_config([*base, "checkpoint.interval=2", "algo.gamma=0.5"], run))
+    lower = ["checkpoint.interval=2", "algo.learning_rate=1e-4", "algo.max_grad_norm=0.1"]
+    summary = train(compose_config([*base, *lower], run))
+    assert summary["status"] == "completed" and summary["resumed_from_steps"] == [64]
+    assert summary["resume_changes"] == ["algo.learning_rate: 0.0003 -> 0.0001", "algo.max_grad_norm: 0.5 -> 0.1"]
+    assert json.loads((run / "summary.json").read_text())["resume_changes"] == summary["resume_changes"]

@@ -20,10 +20,10 @@ from tqdm import tqdm
 from wsa_lab.build import build_training, close_env
 from wsa_lab.config.validate import validate
 from wsa_lab.contract import VectorGraphEnv
-from wsa_lab.errors import ConfigError
+from wsa_lab.errors import ConfigError, EnvError, TrainingDivergedError
 from wsa_lab.resources import check_memory, human
 from wsa_lab.rl import PPO
-from wsa_lab.run.folder import Checkpoint, RunFolder, config_snapshot
+from wsa_lab.run.folder import Checkpoint, RunFolder, config_snapshot, resume_changes
 from wsa_lab.run.signals import Interrupted, StopSignals
 from wsa_lab.seeding import rng_state, set_rng_state
 from wsa_lab.tracking import Continuation, build_tracker
@@ -137,11 +137,18 @@ def _train(cfg: DictConfig, folder: RunFolder, envs: list[Any]) -> dict[str, Any
     if resumed is not None:
         history.update(resumed[0])
     summary["resumed_from_steps"] = history["resumed_from_steps"]
+    if found is not None and (changes := resume_changes(found[0]["config"], snapshot)):
+        log.warning("resumed with other settings: %s", "; ".join(changes))  # e.g. a lower learning rate after a divergence
+        summary["resume_changes"] = [*found[0]["history"].get("resume_changes", []), *changes]
+        history["resume_changes"] = summary["resume_changes"]
     progress = "console" in cfg.logger and bool(cfg.logger.console.progress_bar)  # the console logger's bar
     start, resumed_time = time.time(), history["wall_time_s"]
 
+    saved_at = [ppo.global_step] if found is not None else []  # the steps of the checkpoints this folder holds
+
     def checkpoint() -> None:
         history["wall_time_s"] = resumed_time + time.time() - start
+        saved_at.append(ppo.global_step)
         folder.save_checkpoint({
             **ppo.state_dict(), "env": env.state_dict() if hasattr(env, "state_dict") else {}, "rng": rng_state(),
             "history": history, "config": snapshot, "torch_threads": torch.get_num_threads(),
@@ -186,10 +193,17 @@ def _train(cfg: DictConfig, folder: RunFolder, envs: list[Any]) -> dict[str, Any
                         signals.stop()  # requeue through submitit's handler, or exit 128 + signal
         except BaseException as exc:
             status = "interrupted" if stopped_on_signal or isinstance(exc, Interrupted) else "failed"
+            failure = exc
+            if isinstance(exc, (EnvError, TrainingDivergedError)):  # say what the folder still holds, and what to do
+                kept = (f"the last good checkpoint (global_step {saved_at[-1]}) is kept: rerun the same command to resume"
+                        if saved_at else "no checkpoint was written before it: the run starts again when rerun")
+                failure = type(exc)(f"{exc}; {kept}")
             tracker.finish({
-                **summary, "status": status, "error": f"{type(exc).__name__}: {exc}", "global_step": ppo.global_step,
-                "wall_time_s": resumed_time + time.time() - start,
+                **summary, "status": status, "error": f"{type(failure).__name__}: {failure}",
+                "global_step": ppo.global_step, "wall_time_s": resumed_time + time.time() - start,
             })
+            if failure is not exc:
+                raise failure from exc
             raise
         summary.update(
             status="completed",

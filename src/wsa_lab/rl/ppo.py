@@ -87,12 +87,12 @@ class PPO:
                     out.action.node, spec.policy_to_env(out.action.continuous)
                 )
             except EnvError as exc:
-                raise EnvError(f"{exc} (training global_step {self.global_step}; the last good checkpoint is kept)") from exc
+                raise EnvError(f"{exc} (training global_step {self.global_step})") from exc
             if not bool(torch.isfinite(reward).all()):
                 bad = int((~torch.isfinite(reward)).nonzero()[0])
                 raise EnvError(
                     f"env {env_label(self.env)} returned reward {reward[bad].item()} (env {bad}) at global_step "
-                    f"{self.global_step}; check the env's settings (the last good checkpoint is kept)"
+                    f"{self.global_step}; check the env's settings"
                 )
             if truncated.any():  # bootstrap the value of truncated (not terminated) episodes
                 cut = truncated.nonzero().squeeze(1)
@@ -164,6 +164,7 @@ class PPO:
                 if not torch.isfinite(grad_norm):
                     self._diverged("gradient norm", grad_norm=grad_norm.item())
                 self.optimizer.step()
+                self._check_parameters()  # before the next minibatch's forward reads a non-finite weight
             if cfg.target_kl is not None and approx_kl.item() > cfg.target_kl:
                 break
 
@@ -186,10 +187,14 @@ class PPO:
         detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         raise TrainingDivergedError(
             f"non-finite {quantity} at global_step {self.global_step} (iteration {self.iteration + 1}; {detail}); "
-            "the last good checkpoint is kept: lower algo.learning_rate or algo.max_grad_norm and resume"
+            "lower algo.learning_rate or algo.max_grad_norm (a resume may change them)"
         )
 
     def _check_parameters(self) -> None:
+        params = list(self.agent.parameters())
+        # one synchronising check per step (a non-finite entry makes its tensor's sum non-finite); names on failure
+        if params and bool(torch.isfinite(torch.stack([p.detach().sum() for p in params])).all()):
+            return
         for name, param in self.agent.named_parameters():
             if not torch.isfinite(param).all():
                 self._diverged(f"parameter {name}")
@@ -205,7 +210,6 @@ class PPO:
         self.agent.hold_uniform(self.global_step < self.agent.uniform_warmup_steps)
         metrics = self.collect_rollout()
         metrics.update(self.update())
-        self._check_parameters()
         self.iteration += 1
         metrics["charts/learning_rate"] = self.optimizer.param_groups[0]["lr"]
         elapsed = max(time.time() - self.start_time, 1e-9)
@@ -229,7 +233,12 @@ class PPO:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
+        # the learning rates are this run's (a resume after divergence may lower algo.learning_rate); the rest of the
+        # optimiser's state (moments, step counts) is the checkpoint's
+        rates = [(group["lr"], group["base_lr"]) for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, (lr, base_lr) in zip(self.optimizer.param_groups, rates):
+            group["lr"], group["base_lr"] = lr, base_lr
         self.global_step = int(state["global_step"])
         self.iteration = int(state["iteration"])
         if "next_obs" in state:  # else keep the observation of the env's current state

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # Keys that may differ between the run that wrote a checkpoint and the one resuming it: where files go,
 # how progress is shown, which device (a GPU run may resume on another GPU), how often to checkpoint/evaluate.
 MAY_CHANGE_ON_RESUME = ("paths", "logger", "device", "resume", "checkpoint", "evaluation.interval")
+#: what a resume may change to recover from a divergence (recorded in summary.json's `resume_changes`)
+ADJUSTABLE_ON_RESUME = ("algo.learning_rate", "algo.max_grad_norm")
 
 Checkpoint = tuple[dict[str, Any], Path]  # a loaded checkpoint and its file
 
@@ -57,13 +59,19 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key: <in checkpoint> -> <now>` for the settings a resume may adjust (ADJUSTABLE_ON_RESUME) that it did."""
+    old, new = _flatten(saved), _flatten(current)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in ADJUSTABLE_ON_RESUME if old.get(key) != new.get(key)]
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`key: <in checkpoint> -> <now>` for every setting that differs, except those that may change."""
 
     def relevant(key: str) -> bool:
         if key.endswith("weights_path"):  # where a PTM's file lives on this machine
             return False
-        return not any(key == k or key.startswith(k + ".") for k in MAY_CHANGE_ON_RESUME)
+        return not any(key == k or key.startswith(k + ".") for k in (*MAY_CHANGE_ON_RESUME, *ADJUSTABLE_ON_RESUME))
 
     old, new = _flatten(saved), _flatten(current)
     missing = object()

@@ -66,6 +66,22 @@ def test_same_seed_same_ptm_other_seed_other_ptm(tmp_path: Path):
     assert not all(torch.equal(made["a"][k], made["c"][k]) for k in made["a"])
 
 
+def test_a_second_job_of_the_same_name_is_refused_while_the_first_runs(tmp_path: Path):
+    """Two pre-trainings named alike (seed 0 and seed 1 started together) must not overwrite each other's files."""
+    from test_hostile_runs import hold
+    from wsa_lab.errors import RunFolderBusyError
+
+    holder = hold(tmp_path / ".g")  # the first job, still running
+    try:
+        with pytest.raises(RunFolderBusyError, match=r"\.g is in use by a running wsa_lab .*choose another name than 'g'"):
+            pretrain(pretrain_cfg(tmp_path, "ptm=graph_cnn", "objective=dgi", "name=g", "seed=1"))
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert not (tmp_path / "g.pt").exists() and not (tmp_path / "ptm").exists()
+
+
 def test_a_killed_job_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path: Path, monkeypatch):
     pretrain(pretrain_cfg(tmp_path / "whole", "ptm=graph_cnn", "objective=dgi", "name=g"))
     calls = {"n": 0}

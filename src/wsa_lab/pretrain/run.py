@@ -35,7 +35,7 @@ from wsa_lab.pretrain.objectives import OBJECTIVES, GraphInfomax, ImageAutoencod
 from wsa_lab.config.strict import structured
 from wsa_lab.run.atomic import write_text_atomic
 from wsa_lab.run.checkpoint import load_latest, save_checkpoint, save_rotating
-from wsa_lab.run.folder import config_differences
+from wsa_lab.run.folder import RunFolder, config_differences
 from wsa_lab.run.signals import StopSignals
 from wsa_lab.run.startup import check_name
 from wsa_lab.seeding import seed_everything
@@ -83,8 +83,18 @@ def _snapshot(cfg: DictConfig) -> dict[str, Any]:
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
-    """Pre-train the configured PTM on the env's random-play states; return what was written (see module doc)."""
+    """Pre-train the configured PTM on the env's random-play states; return what was written (see module doc).
+
+    One job per name at a time: `<pretrained_dir>/.<name>/` is locked like a run folder, so a second job of the same
+    name is refused at once instead of overwriting the first one's outputs.
+    """
     check_name(cfg.name)
+    job_dir = Path(str(cfg.paths.pretrained_dir)).expanduser() / f".{cfg.name}"
+    with RunFolder(job_dir, hint=f"wait for it or choose another name than {cfg.name!r}"):
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: DictConfig) -> dict[str, Any]:
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"objective={cfg.objective!r}: choose one of {list(OBJECTIVES)}")
     budget = structured(PretrainBudget, cfg.pretrain, "pretrain")

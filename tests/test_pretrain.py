@@ -66,6 +66,15 @@ def test_same_seed_same_ptm_other_seed_other_ptm(tmp_path: Path):
     assert not all(torch.equal(made["a"][k], made["c"][k]) for k in made["a"])
 
 
+def test_made_by_names_the_seed_and_the_budget(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    pretrain(pretrain_cfg(tmp_path, "ptm=graph_cnn", "objective=dgi", "name=g", "seed=3"))
+    made_by = OmegaConf.load(tmp_path / "ptm" / "g.yaml").g.made_by
+    assert made_by.startswith("python -m wsa_lab.pretrain ptm=graph_cnn objective=dgi name=g seed=3 ")
+    assert "pretrain.collect_steps=64" in made_by and "pretrain.epochs=2" in made_by and "pretrain.num_envs=8" in made_by
+
+
 def test_a_second_job_of_the_same_name_is_refused_while_the_first_runs(tmp_path: Path):
     """Two pre-trainings named alike (seed 0 and seed 1 started together) must not overwrite each other's files."""
     from test_hostile_runs import hold

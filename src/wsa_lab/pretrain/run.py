@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from tqdm import tqdm
@@ -210,6 +211,17 @@ def _train(
     return _write_outputs(cfg, budget, ptm, out_dir, count, losses, time.time() - start)
 
 
+def _made_by(cfg: DictConfig, budget: PretrainBudget) -> str:
+    """The command that makes this PTM again: its name and objective, the seed and the whole budget, and (from the
+    CLI) every other override it was given (env settings, scale)."""
+    fixed = {"ptm": next(iter(cfg.ptm)), "objective": cfg.objective, "name": cfg.name, "seed": cfg.seed,
+             **{f"pretrain.{k}": v for k, v in budget.__dict__.items()}}
+    given: list[str] = []
+    if HydraConfig.initialized():
+        given = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") not in fixed]
+    return " ".join(["python -m wsa_lab.pretrain", *(f"{k}={v}" for k, v in fixed.items()), *given])
+
+
 def _write_outputs(
     cfg: DictConfig, budget: PretrainBudget, ptm: PreTrainedModelWrapper, out_dir: Path, count: int,
     losses: list[float], seconds: float,
@@ -221,7 +233,7 @@ def _write_outputs(
         k: v for k, v in OmegaConf.to_container(cfg.ptm, resolve=True)[next(iter(cfg.ptm))].items()
         if k not in ("name", "weights_path", "freeze_backbone", "made_by")
     }
-    made_by = f"python -m wsa_lab.pretrain ptm={next(iter(cfg.ptm))} objective={cfg.objective} name={name}"
+    made_by = _made_by(cfg, budget)
     ptm_yaml = {name: {"name": name, **entry, "freeze_backbone": True, "weights_path": str(weights), "made_by": made_by}}
     env_label = str(cfg.env.get("id") or cfg.env._target_)
     header = (

@@ -251,3 +251,21 @@ def test_envs_built_without_hydra_take_the_config_files_values():
         assert gym_env.observation_space["positions"].shape == (values["num_nodes"], 2)
     finally:
         gym_env.close()
+
+
+def test_secrets_are_recognised_by_name_by_value_and_in_the_jobs_environment():
+    from omegaconf import OmegaConf
+
+    from wsa_lab.run.startup import secret_keys
+
+    cfg = OmegaConf.create({
+        "logger": {"wandb": {"api_key": "x", "key": "y"}},
+        "env": {"kwargs": {"access_token": "a", "sim_apikey": "b", "max_tokens": 5, "db_password": "c",
+                           "note": "ghp_" + "a" * 36, "wb": "local-" + "0" * 40, "aws": "AKIA" + "A" * 16,
+                           "num_nodes": 50, "weights": "IMAGENET1K_V1"}},
+        "hydra": {"job": {"env_set": {"WANDB_API_KEY": "z", "OMP_NUM_THREADS": "1"}}, "run": {"dir": "runs/x"}},
+    })
+    assert sorted(secret_keys(cfg)) == sorted([
+        "logger.wandb.api_key", "logger.wandb.key", "env.kwargs.access_token", "env.kwargs.sim_apikey",
+        "env.kwargs.db_password", "env.kwargs.note", "env.kwargs.wb", "env.kwargs.aws", "hydra.job.env_set.WANDB_API_KEY",
+    ])

@@ -158,7 +158,7 @@ def test_gym_env_conditions_reach_into_kwargs():
 def test_prepared_condition_references_are_the_envs():
     (condition,) = build_conditions({"c": {"env": {"num_nodes": 20, "knn_k": 4, "num_sites": 3}}}, BASE_ENV)
     prepared = prepare_condition(condition, num_instances=3, seed=1)
-    assert prepared.num_instances == 3 and prepared.reference_names == ["greedy", "random"]
+    assert prepared.num_instances == 3 and prepared.reference_names == ["greedy", "random", "optimum"]
     instances = generate_instances(3, 20, generator=torch.Generator().manual_seed(1))
     greedy = greedy_returns(coverage_env(num_envs=3, autoreset=False), instances, radius_grid=11)
     assert prepared.evaluator.reference_returns["greedy"] == pytest.approx(greedy.mean().item())

@@ -102,6 +102,11 @@ def test_cli_refusals_before_hydra_writes_anything(tmp_path: Path, fake_torch_ho
     secret = wsa_lab([*GRAPH_ONLY, "+logger.wandb.api_key=abc123secret"], tmp_path, fake_torch_home)
     one_line(secret, "never put keys or passwords in the config")
     assert not (tmp_path / "runs").exists()  # the key was written nowhere
+    for override in ("+env.kwargs.access_token=abc", "+env.kwargs.sim_apikey=abc", "+hydra.job.env_set.WANDB_API_KEY=abc",
+                     f"+env.kwargs.note={'0123456789abcdef' * 2 + '01234567'}"):
+        leak = wsa_lab([*GRAPH_ONLY, override], tmp_path, fake_torch_home)
+        one_line(leak, "never put keys or passwords in the config")
+        assert override.split("=")[0].lstrip("+") in leak.stderr and not (tmp_path / "runs").exists()
     escape = wsa_lab([*GRAPH_ONLY, "name=../../../escape/x"], tmp_path, fake_torch_home)
     one_line(escape, "must be a plain name")
     assert not (tmp_path.parent.parent / "escape").exists() and not (tmp_path / "runs").exists()

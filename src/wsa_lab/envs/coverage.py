@@ -117,7 +117,7 @@ class CoverageEnv:
         autoreset: bool = True,
         device: str | torch.device = "cpu",
         seed: int = 0,
-        optimum_reference: bool = False,
+        optimum_reference: bool = DEFAULTS["optimum_reference"],
     ) -> None:
         for name, value in (("cluster_std", cluster_std), ("background_frac", background_frac), ("r_min", r_min),
                             ("r_max", r_max), ("cost", cost)):
@@ -165,6 +165,7 @@ class CoverageEnv:
         self.autoreset = autoreset
         self.device = torch.device(device)
         self.seed = seed
+        self.optimum_reference = optimum_reference
         self.reference_names = (*REFERENCE_NAMES, "optimum") if optimum_reference else REFERENCE_NAMES
         # reset(instances=...) may change B and N; a plain reset() returns to these.
         self._default_num_envs = num_envs

@@ -30,42 +30,66 @@ from omegaconf import DictConfig, OmegaConf
 
 from wsa_lab.errors import ConfigError, exit_with_one_line
 
-#: Config keys that hold secrets, wherever they appear (W&B reads its key from `wandb login` / $WANDB_API_KEY).
-SECRET_KEYS = ("api_key", "wandb_api_key", "token", "password", "secret")
+#: Words of a key's name that say it holds a secret, wherever it appears (`logger.wandb.api_key`,
+#: `env.kwargs.access_token`, `sim_apikey`): the name split at `_`, `-` and `.` (so `max_tokens` is no secret).
+SECRET_WORDS = {"token", "password", "passwd", "secret", "apikey", "credentials"}
+SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key")}
+#: Values that are secrets whatever their key is called: a W&B API key (40 hex digits, or `local-` + 40), GitHub,
+#: OpenAI, Hugging Face and Slack tokens, AWS access key ids.
+SECRET_VALUES = re.compile(
+    r"^(?:(?:local-)?[0-9a-f]{40}|gh[pousr]_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{20,}"
+    r"|xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})$"
+)
 #: A run's `name` becomes part of folder names: letters, digits and ._-+= only, not starting with a dot.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+=-]*$")
 
 
-def _walk(node: Any, prefix: str = "") -> Iterator[str]:
-    """Every key path of a plain container (`a.b`, `a.list[0].c`)."""
+def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (key path, value) of a plain container (`a.b`, `a.list[0].c`)."""
     if isinstance(node, dict):
         for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else str(key)
-            yield path
+            yield path, value
             yield from _walk(value, path)
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from _walk(value, f"{prefix}[{i}]")
 
 
+def names_a_secret(key: str) -> bool:
+    """`api_key`, `WANDB_API_KEY`, `access_token`, `sim_apikey`, `db_password`: yes; `max_tokens`, `key`: no."""
+    words = [w for w in re.split(r"[_\-.]", key.lower()) if w]
+    return bool(SECRET_WORDS & set(words)) or any(pair in SECRET_PAIRS for pair in zip(words, words[1:]))
+
+
 def secret_keys(cfg: DictConfig) -> list[str]:
-    """Config paths whose last key names a secret (`logger.wandb.api_key`, ...); `hydra` itself is skipped."""
+    """Config paths that hold a secret: by the key's name (`logger.wandb.api_key`, `env.kwargs.access_token`, `key`
+    under `logger`), by the value (an API key's or token's pattern, under any key), and the environment variables a
+    job sets (`hydra.job.env_set.WANDB_API_KEY`, which Hydra saves in `.hydra/hydra.yaml`). Hydra's own other keys are
+    skipped."""
     found = []
-    for path in _walk(OmegaConf.to_container(cfg, resolve=False)):  # unresolved: interpolations stay unread
+    for path, value in _walk(OmegaConf.to_container(cfg, resolve=False)):  # unresolved: interpolations stay unread
+        last = path.rsplit(".", 1)[-1].split("[")[0]
         if path.startswith("hydra."):
+            if path.startswith("hydra.job.env_set.") and (names_a_secret(last) or _secret_value(value)):
+                found.append(path)
             continue
-        last = path.rsplit(".", 1)[-1].split("[")[0].lower()
-        if last in SECRET_KEYS or (last == "key" and path.startswith("logger.")):
+        if names_a_secret(last) or (last.lower() == "key" and path.startswith("logger.")) or _secret_value(value):
             found.append(path)
     return found
+
+
+def _secret_value(value: Any) -> bool:
+    return isinstance(value, str) and bool(SECRET_VALUES.match(value.strip()))
 
 
 def check_secrets(cfg: DictConfig) -> None:
     keys = secret_keys(cfg)
     if keys:
         raise ConfigError(
-            f"{keys[0]}: never put keys or passwords in the config (it is saved in the run folder and sent to W&B); "
-            "run `wandb login` once or export WANDB_API_KEY in the job's environment"
+            f"{keys[0]}: never put keys or passwords in the config, nor tokens (by name or by value: it is saved in "
+            "the run folder, the checkpoint, TensorBoard and W&B); run `wandb login` once, or export the variable in "
+            "the shell that starts the job instead of hydra.job.env_set"
         )
 
 

@@ -110,6 +110,9 @@ def test_cli_refusals_before_hydra_writes_anything(tmp_path: Path, fake_torch_ho
     escape = wsa_lab([*GRAPH_ONLY, "name=../../../escape/x"], tmp_path, fake_torch_home)
     one_line(escape, "must be a plain name")
     assert not (tmp_path.parent.parent / "escape").exists() and not (tmp_path / "runs").exists()
+    log_escape = wsa_lab([*GRAPH_ONLY, "hydra.job.name=../../escaped_log"], tmp_path, fake_torch_home)
+    one_line(log_escape, "hydra.job.name='../../escaped_log' must be a plain name")
+    assert not list(tmp_path.parent.glob("escaped_log*")) and not (tmp_path / "runs").exists()
     twice = wsa_lab([*TINY, "ptm=[graph_cnn,graph_cnn]"], tmp_path, fake_torch_home)
     one_line(twice, "names graph_cnn twice")
     blocker = tmp_path / "a_file"

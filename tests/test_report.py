@@ -138,6 +138,17 @@ def test_runs_with_the_same_name_but_other_ptms_are_split(tmp_path: Path):
     assert report.notes
 
 
+def test_a_damaged_metrics_line_is_left_out_and_named(tmp_path: Path):
+    """One `"global_step": "abc"` line: the report still runs, and its notes name the file."""
+    for seed in range(2):
+        make_run(tmp_path, f"a{seed}", "arm", seed, 0.5)
+    damaged = tmp_path / "a1" / "metrics.jsonl"
+    damaged.write_text(damaged.read_text() + '{"global_step": "abc", "eval/greedy_ratio": 9.0}\n')
+    report = build_report([tmp_path], boot=BootstrapSettings(reps=200))
+    assert len(report.arms["arm"].seeds) == 2
+    assert any(note.startswith(str(damaged)) and "1 unreadable line(s)" in note for note in report.notes)
+
+
 def test_runs_of_different_envs_are_never_pooled_into_one_arm(tmp_path: Path):
     """Both envs call their headline eval/greedy_ratio: the arm is split by env, not averaged over both."""
     for seed in range(2):

@@ -21,6 +21,7 @@ class Run:
     arm: str = ""
     problem: Optional[str] = None  # why the run is left out of the statistics (None = included)
     fingerprint: str = ""  # sha256 of metrics.jsonl + summary.json: a copied run folder has the same
+    damaged_lines: int = 0  # metrics.jsonl lines that could not be read (left out of the curves)
 
     @property
     def metric(self) -> Optional[str]:
@@ -85,9 +86,10 @@ def load_run(run_dir: Path) -> Run:
         return Run(run_dir, {}, arm="?", problem=f"unreadable summary.json ({exc.why})")
     metrics_file = run_dir / METRICS
     metrics_bytes = metrics_file.read_bytes() if metrics_file.is_file() else b""
-    records, _bad = read_metrics_text(metrics_bytes.decode("utf-8", errors="replace"))
+    records, bad = read_metrics_text(metrics_bytes.decode("utf-8", errors="replace"))
     fingerprint = hashlib.sha256(metrics_bytes + b"\0" + summary_bytes).hexdigest()
     run = Run(run_dir, summary, records, arm=str(summary.get("name") or run_dir.name), fingerprint=fingerprint)
+    run.damaged_lines = bad  # a torn last line (a killed run) or a damaged one: left out, named in the report's notes
     status = run.status
     if status == "failed":
         error = summary.get("error") or "no error message"
@@ -171,4 +173,5 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
     runs = [load_run(d) for d in find_run_dirs(paths)]
     notes = split_heterogeneous_arms(runs)
     notes += skip_duplicates(runs)
+    notes += [f"{r.path / METRICS}: {r.damaged_lines} unreadable line(s) left out" for r in runs if r.damaged_lines]
     return runs, notes

@@ -81,15 +81,20 @@ def read_resolved_config(folder: Path) -> DictConfig:
 
 
 def read_metrics_text(text: str) -> tuple[list[dict[str, Any]], int]:
-    """Records of `metrics.jsonl`'s text, and how many lines were unreadable (a torn last line of a killed run)."""
+    """Records of `metrics.jsonl`'s text, and how many lines were unreadable: a torn last line of a killed run, or a
+    damaged one (not a JSON object, a `global_step` that is not a whole number)."""
     records, bad = [], 0
     for line in text.splitlines():
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+            if not isinstance(record, dict) or ("global_step" in record and int(record["global_step"]) != record["global_step"]):
+                raise ValueError("not a metrics record")
+        except (ValueError, TypeError):  # json.JSONDecodeError is a ValueError
             bad += 1
+            continue
+        records.append(record)
     return records, bad
 
 

@@ -93,11 +93,13 @@ def check_secrets(cfg: DictConfig) -> None:
         )
 
 
-def check_name(name: Any) -> None:
+def check_name(name: Any, key: str = "name") -> None:
+    """`name` (part of the run folder's name) or `hydra.job.name` (the log file's name) is a plain name: no path."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        what = "the log file's name in the run folder" if key == "hydra.job.name" else "part of the run folder's name"
         raise ConfigError(
-            f"name={name!r} must be a plain name (letters, digits and . _ - + =, not starting with a dot): it becomes "
-            "part of the run folder's name; to choose the folder itself, set hydra.run.dir"
+            f"{key}={name!r} must be a plain name (letters, digits and . _ - + =, not starting with a dot): it becomes "
+            f"{what}; to choose the folder itself, set hydra.run.dir"
         )
 
 
@@ -134,6 +136,7 @@ class StartupGuard(Callback):
     def _check_job(self, config: DictConfig) -> None:
         check_secrets(config)
         check_name(OmegaConf.select(config, "name", default=None))
+        check_name(OmegaConf.select(config, "hydra.job.name", default=None), "hydra.job.name")
         check_ptm_overrides(list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []))
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

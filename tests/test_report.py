@@ -138,6 +138,12 @@ def test_runs_with_the_same_name_but_other_ptms_are_split(tmp_path: Path):
     assert report.notes
 
 
+def test_an_unwritable_out_folder_is_one_line(sweep: Path, capsys: pytest.CaptureFixture):
+    assert report_main([str(sweep), "--out", "/proc/wsa_lab_report", "--reps", "200"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("wsa_lab.report: error: cannot write /proc/wsa_lab_report") and "--out" in err[0]
+
+
 def test_a_damaged_metrics_line_is_left_out_and_named(tmp_path: Path):
     """One `"global_step": "abc"` line: the report still runs, and its notes name the file."""
     for seed in range(2):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from wsa_lab.errors import print_error
+from wsa_lab.run.atomic import output_error
 from wsa_lab.report import arm_table, build_report, gap_table, text_table, write_report
 from wsa_lab.report.analysis import BootstrapSettings
 
@@ -56,7 +57,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ImportError:
             print("wsa_lab.report: matplotlib is not installed; writing tables only (pip install matplotlib)", file=sys.stderr)
             plots = False
-    md = write_report(report, out, [str(p) for p in args.paths], plots=plots)
+    try:
+        md = write_report(report, out, [str(p) for p in args.paths], plots=plots)
+    except OSError as exc:  # a read-only or missing folder, a full disk: one line naming the file and the fix
+        where = Path(exc.filename) if exc.filename else out
+        return print_error("wsa_lab.report", output_error(where, exc, "--out") or f"cannot write {where}: {exc.strerror or exc}; choose another --out")
     print(text_table(arm_table(report)))
     if gaps := gap_table(report):
         print("\ngap to each reference (1 - ratio; job shop: the makespan gap)")

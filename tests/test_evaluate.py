@@ -293,6 +293,7 @@ def test_find_runs(tmp_path: Path):
         (["{tmp}/list_yaml"], "list_yaml: resolved_config.yaml is not readable YAML (a list, not a mapping)"),
         (["{tmp}/bad_json"], "bad_json: summary.json is not readable JSON (Expecting value at line 1, column 1)"),
         (["{tmp}/ckpt", "{tmp}/bad_yaml"], "bad_yaml: resolved_config.yaml is not readable YAML"),  # before any play
+        (["{tmp}/ckpt", "table={tmp}/bad_json/summary.json/t.md"], "bad_json/summary.json is a file, not a folder; choose another table"),
         ([], "usage: python -m wsa_lab.evaluate"),
     ],
 )

@@ -40,9 +40,10 @@ from wsa_lab.models import ActorCritic
 from wsa_lab.weights.load import weights_from_checkpoint
 from wsa_lab.rl.evaluation import headline_metric, play
 from wsa_lab.config.strict import structured, unknown_key_error
-from wsa_lab.run.atomic import write_text_atomic
+from wsa_lab.run.atomic import output_error, write_text_atomic
 from wsa_lab.run.checkpoint import load_checkpoint
 from wsa_lab.run.reader import read_resolved_config, read_summary, run_folders_below
+from wsa_lab.run.startup import check_output_dir
 from wsa_lab.seeding import deterministic_kernels
 from wsa_lab.suites import PreparedCondition, build_conditions, condition_key, prepare_condition
 
@@ -326,6 +327,8 @@ def evaluate_runs(
     run_paths = find_runs(paths, warn=log)
     # Before any agent plays: every run's files are readable and their declared headline metrics agree.
     check_one_metric({str(p): declared_metric(*read_run_files(p)) for p in run_paths})
+    table_path = Path(settings.table) if settings.table else default_table_path(paths, suite.name)
+    check_output_dir(table_path.parent, "table")  # before any agent plays: a table that cannot be written says so now
     cache: dict[str, PreparedCondition] = {}  # condition -> its env and references, shared by the runs
     results = []
     try:
@@ -343,9 +346,11 @@ def evaluate_runs(
         for prepared in cache.values():
             prepared.close()
     table = format_table(suite.name, results, settings, suite.columns)
-    table_path = Path(settings.table) if settings.table else default_table_path(paths, suite.name)
-    table_path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(table_path, table)
+    try:
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(table_path, exc, "table") or ConfigError(f"table={table_path}: cannot create its folder ({exc})") from exc
+    write_text_atomic(table_path, table, where="table")
     return EvaluationResult(suite.name, results, table, table_path)
 
 

@@ -41,7 +41,7 @@ def test_references_are_computed_once():
     ptms = [{"name": "g", "model_type": "graph_cnn", "weights": None, "freeze_backbone": False}]
     agent = build_actor_critic(*coverage_specs(image_size=16), **actor_critic_kwargs(wsa={"enabled": True, "pretrained_models": ptms}))
     evaluator = Evaluator(env, seed=3)
-    assert env.calls == 1 and evaluator.reference_names == ["greedy", "random"]
+    assert env.calls == 1 and evaluator.reference_names == ["greedy", "random", "optimum"]
     for _ in range(3):
         metrics = evaluator.evaluate(agent)
     assert env.calls == 1  # none during the evaluations

@@ -45,7 +45,7 @@ def test_references_are_computed_once():
     for _ in range(3):
         metrics = evaluator.evaluate(agent)
     assert env.calls == 1  # none during the evaluations
-    assert set(metrics) == {"eval/return", "eval/return_std", "eval/greedy_ratio", "eval/random_ratio"}
+    assert set(metrics) == {"eval/return", "eval/return_std", "eval/greedy_ratio", "eval/random_ratio", "eval/optimum_ratio"}
 
 
 def test_the_env_timer_wraps_the_env_from_outside():

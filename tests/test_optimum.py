@@ -113,7 +113,7 @@ def test_evaluator_logs_the_optimum_beside_the_greedy_headline():
         ref["reference/optimum_return"] / ref["reference/greedy_return"]
     ) and ref["reference/optimum_greedy_ratio"] >= 1 - 1e-6
     assert Evaluator(env, seed=7, metric="eval/optimum_ratio").metric == "eval/optimum_ratio"
-    plain = CoverageEnv(num_envs=2, num_nodes=20, num_sites=3, knn_k=4, image_size=8)  # the constructor's default
+    plain = CoverageEnv(num_envs=2, num_nodes=20, num_sites=3, knn_k=4, image_size=8, optimum_reference=False)
     with pytest.raises(ConfigError, match="eval/optimum_ratio"):
         Evaluator(plain, seed=7, metric="eval/optimum_ratio")
     assert OmegaConf.load(Path(config_dir()) / "env" / "coverage.yaml").optimum_reference is True  # on for runs

@@ -19,9 +19,12 @@ SUMMARY_PHASES = {  # the WSA design summary's twelve ablation arms (phases 1-4)
     "phase3_same_arch", "phase3_mixed_resnets", "phase3_hybrid", "phase4_wsa2", "phase4_wsa3", "phase4_wsa4",
     "phase4_count",
 }
-EXPECTED_EXPERIMENTS = SUMMARY_PHASES | {  # phase 5: fusion variants; pre-trained vs random PTMs
+EXPECTED_EXPERIMENTS = SUMMARY_PHASES | {  # phase 5: fusion variants; pre-trained vs random PTMs; phase 6: a grown pool
     "phase5_fusion", "phase5_fusion_mean", "phase5_fusion_concat", "phase5_pretrained", "phase5_random", "phase5_imagenet",
+    "phase6_grow",
 }
+#: experiments that start from a trained run: composed with an init_from (it is read only when training starts)
+NEEDS_INIT_FROM = {"phase6_grow"}
 
 # The WSA design summary's "Recommended Configuration", as written there.
 SEED_YAML = """
@@ -65,8 +68,10 @@ def test_all_seed_phases_exist():
 
 @pytest.mark.parametrize("experiment", sorted(EXPECTED_EXPERIMENTS))
 def test_every_experiment_composes_instantiates_and_acts(experiment: str, tmp_path: Path, pretrained_dir: Path):
-    cfg = compose_config([f"experiment={experiment}", f"paths.pretrained_dir={pretrained_dir}"], tmp_path)
-    assert cfg.name.startswith(experiment if experiment in SUMMARY_PHASES else "phase5_") and cfg.phase == experiment[:6]
+    init_from = [f"init_from={tmp_path}"] if experiment in NEEDS_INIT_FROM else []
+    cfg = compose_config([f"experiment={experiment}", f"paths.pretrained_dir={pretrained_dir}", *init_from], tmp_path)
+    named = experiment if experiment in SUMMARY_PHASES | NEEDS_INIT_FROM else "phase5_"
+    assert cfg.name.startswith(named) and cfg.phase == experiment[:6]
     _, env, agent = build(cfg)
     with torch.no_grad():
         out = agent.get_action_and_value(env.reset())

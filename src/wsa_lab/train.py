@@ -24,6 +24,7 @@ from wsa_lab.errors import ConfigError, EnvError, TrainingDivergedError
 from wsa_lab.resources import check_memory, human
 from wsa_lab.rl import PPO
 from wsa_lab.run.folder import Checkpoint, RunFolder, config_snapshot, resume_changes
+from wsa_lab.run.init_from import carry_over, read_source
 from wsa_lab.run.signals import Interrupted, StopSignals
 from wsa_lab.seeding import rng_state, set_rng_state
 from wsa_lab.tracking import Continuation, build_tracker
@@ -102,10 +103,21 @@ def _train(cfg: DictConfig, folder: RunFolder, envs: list[Any]) -> dict[str, Any
     snapshot = config_snapshot(cfg)
     # a refusal here leaves the folder as it was
     found = folder.accept_resume(snapshot, resume=cfg.get("resume", True), required=CHECKPOINT_KEYS)
+    # init_from seeds a fresh start only: a run that resumes its own checkpoint (a requeue, a rerun) continues
+    # from that, which began from init_from (the checkpoint's config says which: another one is refused above)
+    source = read_source(cfg.init_from) if found is None and cfg.get("init_from") is not None else None
+    if found is not None and cfg.get("init_from") is not None:
+        log.info("init_from=%s is not loaded again: this run resumes its own checkpoint, which started from it", cfg.init_from)
     memory = check_memory(cfg, settings)  # before the envs allocate anything
     forget_weight_checks()  # the summary lists the weight files of this run, not of earlier runs in this process
     built = build_training(cfg, settings, envs)
     env, agent, ppo, evaluator = built.env, built.agent, built.ppo, built.evaluator
+    carried = None  # what init_from loaded (summary.json's `init_from`)
+    if source is not None:  # before the run writes anything: a mismatch leaves no trace
+        outcome = carry_over(agent, source)
+        log.info("%s", outcome.line())
+        carried = outcome.record()
+        del source, outcome  # the source's tensors (ResNet-sized) are not held while training
     metric = evaluator.metric
     best_key = "best_" + metric.removeprefix("eval/")
     total, trainable = _count_params(agent)
@@ -131,12 +143,16 @@ def _train(cfg: DictConfig, folder: RunFolder, envs: list[Any]) -> dict[str, Any
     }
     # evaluation history and time spent, carried across restarts by the checkpoint
     history: dict[str, Any] = {"best": -math.inf, "last_eval": {}, "wall_time_s": 0.0, "resumed_from_steps": []}
+    if carried is not None:
+        history["init_from"] = carried  # kept by the checkpoints, so a resumed run's summary says it too
     # Accepted (config, resume, env, models all fine): from here on the run writes to its folder.
     folder.write_resolved_config(cfg)
     resumed = _restore(cfg, folder, ppo, env, found)
     if resumed is not None:
         history.update(resumed[0])
     summary["resumed_from_steps"] = history["resumed_from_steps"]
+    if "init_from" in history:
+        summary["init_from"] = history["init_from"]
     if found is not None and (changes := resume_changes(found[0]["config"], snapshot)):
         log.warning("resumed with other settings: %s", "; ".join(changes))  # e.g. a lower learning rate after a divergence
         summary["resume_changes"] = [*found[0]["history"].get("resume_changes", []), *changes]

@@ -1,13 +1,15 @@
-"""The OmegaConf resolvers wsa_lab's config files use: `${wsa_lab.ptm_list:...}` and `${wsa_lab.pid:}`."""
+"""The OmegaConf resolvers wsa_lab's config files use: `${wsa_lab.ptm_list:...}`, `${wsa_lab.pid:}` and
+`${wsa_lab.required:...}`."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wsa_lab.conf_files import config_dir, yaml_defaults
+from wsa_lab.errors import ConfigError
 
 
 def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> ListConfig:
@@ -35,7 +37,27 @@ def _labelled(key: str, entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+class RequiredKeyError(ConfigError):
+    """A key the chosen experiment needs was not set on the command line."""
+
+
+def required(key: str, what: str) -> NoReturn:
+    """`${wsa_lab.required:init_from,<what to set>}`: an experiment's key the user must set (`key=...` replaces the
+    interpolation). Not `???`: OmegaConf's merge keeps config.yaml's default over an experiment's `???`."""
+    raise RequiredKeyError(f"{key} is required here: {what}")
+
+
+def required_key_error(exc: BaseException) -> ConfigError:
+    """The one-line error behind an interpolation that failed (OmegaConf wraps the resolver's own error)."""
+    inner = exc.__cause__ or exc.__context__
+    if isinstance(inner, ConfigError):
+        return inner
+    return ConfigError((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("wsa_lab.required"):
+        OmegaConf.register_new_resolver("wsa_lab.required", required)
     if not OmegaConf.has_resolver("wsa_lab.ptm_list"):
         OmegaConf.register_new_resolver("wsa_lab.ptm_list", ptm_list)
     if not OmegaConf.has_resolver("wsa_lab.pid"):

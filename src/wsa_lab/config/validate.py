@@ -11,12 +11,14 @@ from typing import Any, Callable
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from wsa_lab.conf_files import yaml_defaults
 from wsa_lab.config.schema import (
     CheckpointConfig, ConsoleConfig, EvaluationConfig, HealthConfig, LoggerSettings, PPOConfig, RunSettings,
     TensorBoardConfig, WandbConfig,
 )
+from wsa_lab.config.resolvers import required_key_error
 from wsa_lab.config.strict import MAX_SEED, structured, unknown_key_error
 from wsa_lab.errors import ConfigError
 from wsa_lab.run.startup import check_name, check_output_dir, check_secrets
@@ -24,7 +26,7 @@ from wsa_lab.models import build_actor_critic
 
 ROOT_KEYS = (
     "name", "phase", "seed", "device", "deterministic", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
-    "paths", "evaluation", "checkpoint", "resume",
+    "paths", "evaluation", "checkpoint", "resume", "init_from",
 )
 
 
@@ -72,6 +74,7 @@ def validate(cfg: DictConfig) -> RunSettings:
     for flag in ("resume", "deterministic"):
         if not isinstance(cfg.get(flag, True), bool):
             raise ConfigError(f"{flag} must be true or false, got {cfg[flag]!r}")
+    _check_init_from(cfg)
     settings = RunSettings(
         algo=structured(PPOConfig, cfg.algo, "algo"),
         evaluation=structured(EvaluationConfig, cfg.evaluation, "evaluation"),
@@ -110,6 +113,16 @@ def validate(cfg: DictConfig) -> RunSettings:
     check_required(build_actor_critic, cfg.actor_critic, "actor_critic", ("observation_spec", "action_spec"))
     _check_output_dir(Path(cfg.paths.output_dir))
     return settings
+
+
+def _check_init_from(cfg: DictConfig) -> None:
+    """`init_from` is null or a path (the folder itself is read at start-up: wsa_lab.run.init_from)."""
+    try:
+        value = cfg.get("init_from")
+    except InterpolationResolutionError as exc:  # `${wsa_lab.required:...}`: an experiment that needs one
+        raise required_key_error(exc) from exc
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"init_from must be a run folder (a path) or null, got {value!r}")
 
 
 #: Env constructor arguments wsa_lab passes itself (from algo.num_envs, seed, device); `autoreset` is the

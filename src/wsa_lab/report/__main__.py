@@ -4,6 +4,7 @@ Examples:
     python -m wsa_lab.report multirun/2026-11-05/12-00-00-123456
     python -m wsa_lab.report multirun/ --baseline phase1_baseline --out reports/phase1
     python -m wsa_lab.report runs/2026-11-05/*_phase3_* --metric eval/return
+    python -m wsa_lab.report multirun/2026-11-05/12-00-00-123456 --wandb-workspace   # + the W&B comparison view
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from wsa_lab.errors import print_error
+from wsa_lab.errors import WsaLabError, print_error
 from wsa_lab.run.atomic import output_error
 from wsa_lab.report import arm_table, build_report, gap_table, text_table, write_report
 from wsa_lab.report.analysis import BootstrapSettings
@@ -36,6 +37,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (fixed: reports are reproducible)")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only (no matplotlib needed)")
+    parser.add_argument(
+        "--wandb-workspace", action="store_true",
+        help="also build the W&B comparison view of these runs (needs the `dashboard` extra): saved to their W&B project "
+        "when online with WANDB_API_KEY, else written to <out>/wandb_workspace.json with the command that publishes it",
+    )
     return parser.parse_args(argv)
 
 
@@ -71,6 +77,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for note in report.notes:
         print(f"note: {note}")
     print(f"report: {md}" + (f" (+ {', '.join(p.name for p in report.figures.values())})" if report.figures else ""))
+    if args.wandb_workspace:
+        from wsa_lab.report.wandb_workspace import write_workspace  # W&B's library only when asked for
+
+        name = "wsa_lab " + "/".join(paths[0].resolve().parts[-2:])  # a sweep's <date>/<time>
+        try:
+            print(f"wsa_lab.report: {write_workspace(report, out, name)}")
+        except WsaLabError as exc:
+            return print_error("wsa_lab.report", exc)
     return 0
 
 

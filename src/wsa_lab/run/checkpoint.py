@@ -135,20 +135,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+#: what to do when a run's own checkpoints are all damaged (a caller reading another run's folder says its own)
+START_OVER_HINT = "Start over with resume=false (replaces this folder's checkpoints and metrics) or use another run folder"
+
+
 def load_latest(
-    folder: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = ()
+    folder: str | Path, map_location: str | torch.device = "cpu", required: tuple[str, ...] = (), *,
+    tidy: bool = True, hint: str = START_OVER_HINT,
 ) -> tuple[dict[str, Any], Path] | None:
     """The newest usable checkpoint of `folder`: `last.pt`, else `prev.pt`, with its path.
 
     A damaged `last.pt` (or one without the `required` keys) is reported as a warning and `prev.pt` is used.
-    Temp files left by a process killed mid-write are removed. Returns None when `folder` holds neither
-    file; raises `CheckpointError` when they exist but none loads.
+    With `tidy`, temp files left by a process killed mid-write are removed (`tidy=False`: a folder this process
+    does not own, e.g. `init_from`'s, is only read). Returns None when `folder` holds neither file; raises
+    `CheckpointError` (ending with `hint`) when they exist but none loads.
     """
     folder = Path(folder)
-    for stale in folder.glob(".*.tmp"):  # a process killed while writing a checkpoint leaves its temp file
-        stale.unlink(missing_ok=True)
-    for stale in folder.glob(f".{PREVIOUS}.link"):
-        stale.unlink(missing_ok=True)
+    for stale in [*folder.glob(".*.tmp"), *folder.glob(f".{PREVIOUS}.link")] if tidy else ():
+        stale.unlink(missing_ok=True)  # a process killed while writing a checkpoint leaves its temp file
     candidates = [p for p in (folder / LAST, folder / PREVIOUS) if p.is_file()]
     if not candidates:
         return None
@@ -164,9 +168,8 @@ def load_latest(
             log.warning("%s%s", exc, "; trying the previous checkpoint" if path.name == LAST and len(candidates) > 1 else "")
             continue
         if problems:
-            log.warning("resuming from %s instead of the damaged %s", path.name, LAST)
+            log.warning("using %s instead of the damaged %s", path.name, LAST)
         return state, path
     raise CheckpointError(
-        f"no usable checkpoint in {folder}: {'; '.join(problems)}. Start over with resume=false "
-        "(replaces this folder's checkpoints and metrics) or use another run folder"
+        f"no usable checkpoint in {folder}: {'; '.join(problems)}. {hint}"
     )

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 MAY_CHANGE_ON_RESUME = ("paths", "logger", "device", "resume", "checkpoint", "evaluation.interval")
 #: what a resume may change to recover from a divergence (recorded in summary.json's `resume_changes`)
 ADJUSTABLE_ON_RESUME = ("algo.learning_rate", "algo.max_grad_norm")
+#: keys added to the config after runs were checkpointed without them: absent from a checkpoint means this value, so
+#: those runs still resume
+ADDED_LATER = {"init_from": None}
 
 Checkpoint = tuple[dict[str, Any], Path]  # a loaded checkpoint and its file
 
@@ -73,7 +76,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             return False
         return not any(key == k or key.startswith(k + ".") for k in (*MAY_CHANGE_ON_RESUME, *ADJUSTABLE_ON_RESUME))
 
-    old, new = _flatten(saved), _flatten(current)
+    new = _flatten(current)
+    old = {**{k: v for k, v in ADDED_LATER.items() if k in new}, **_flatten(saved)}
     missing = object()
     return [
         f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"

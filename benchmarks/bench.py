@@ -62,6 +62,8 @@ GYM_ARMS: dict[str, list[str]] = {
     "wsa3_hybrid_gym": ["experiment=phase3_hybrid", *GYM_COVERAGE],
 }
 # The start-up memory estimate (wsa_lab.resources) against the measured peak RSS of one iteration.
+N20000 = ["env.num_nodes=20000", "algo.num_envs=2", "algo.num_steps=8", "evaluation.num_instances=2",
+          "algo.num_minibatches=1"]
 MEMORY_CONFIGS: dict[str, list[str]] = {
     "standard": ["experiment=phase1_baseline"],
     "wsa3_hybrid": ["experiment=phase3_hybrid"],
@@ -69,6 +71,9 @@ MEMORY_CONFIGS: dict[str, list[str]] = {
     "wsa3_hybrid_image64": ["experiment=phase3_hybrid", "env.image_size=64"],
     "wsa3_hybrid_N2000": ["experiment=phase3_hybrid", "env.num_nodes=2000", "algo.num_steps=8", "algo.num_minibatches=1"],
     "graph_only_N2000": ["ptm=[graph_cnn]", "env.num_nodes=2000", "algo.num_envs=64"],
+    # 20,000 nodes: one instance's kNN distances alone would be 1.6 GB (the env builds them in row blocks)
+    "standard_N20000": ["experiment=phase1_baseline", *N20000],
+    "wsa3_hybrid_N20000": ["experiment=phase3_hybrid", *N20000],
 }
 # Mixed-size batches: total nodes of a batch of graphs with 10..200 nodes each, degree 8.
 MIXED_TOTAL_NODES = (1600, 3200, 6400, 12800)

@@ -89,6 +89,20 @@ def test_knn_matches_brute_force():
         knn_neighbors(pos, 9)
 
 
+def test_knn_of_a_large_graph_works_in_row_blocks(monkeypatch):
+    """A graph whose N x N distances pass the block cap (20,000 nodes: 1.6 GB) is done in blocks of rows, with the
+    same neighbours, and the memory estimate counts one block, not N^2 (it was 4.9 GiB at 20,000 nodes)."""
+    import wsa_lab.envs.instances as instances
+
+    pos = torch.rand(2, 300, 2, generator=gen(5))
+    whole = knn_neighbors(pos, 8)
+    monkeypatch.setattr(instances, "KNN_MAX_BLOCK_ELEMENTS", 1000)  # 3 rows per block
+    assert torch.equal(knn_neighbors(pos, 8), whole)
+    monkeypatch.undo()
+    transient = CoverageEnv.memory_estimate(num_envs=1, num_nodes=20_000)["transient"]
+    assert transient < 2**30, transient
+
+
 # --------------------------------------------------------------------------- observation
 def test_observation_is_a_graph_batch():
     env = CoverageEnv(num_envs=3, num_nodes=6, num_sites=2, knn_k=2)

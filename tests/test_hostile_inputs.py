@@ -120,10 +120,13 @@ def test_cli_refusals_before_hydra_writes_anything(tmp_path: Path, fake_torch_ho
     file_dir = wsa_lab([*GRAPH_ONLY, f"hydra.run.dir={blocker}"], tmp_path, fake_torch_home)
     one_line(file_dir, "is a file, not a folder")
     assert blocker.read_text() == "in the way"
+    # /proc refuses mkdir even to root, whose permission bits say "writable": a trial folder tells (was a traceback)
+    one_line(wsa_lab([*GRAPH_ONLY, "hydra.run.dir=/proc/wsa_lab_run"], tmp_path, fake_torch_home),
+             "/proc does not accept a new folder")
     if os.geteuid() != 0:  # root writes through read-only permission bits
         locked = tmp_path / "read_only"
         locked.mkdir(mode=0o555)
-        one_line(wsa_lab([*GRAPH_ONLY, f"hydra.run.dir={locked}/run"], tmp_path, fake_torch_home), "is not writable")
+        one_line(wsa_lab([*GRAPH_ONLY, f"hydra.run.dir={locked}/run"], tmp_path, fake_torch_home), "does not accept a new folder")
 
 
 @pytest.mark.slow

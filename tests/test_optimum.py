@@ -147,3 +147,14 @@ def test_an_unproven_optimum_is_not_reported(_cache: Path, caplog):
     assert "not solved to proven optimality" in caplog.text
     assert optimum_returns(env, instances) is None  # the failure is cached: no second wait
     assert len(list(_cache.glob("*.json"))) == 1
+
+
+def test_a_graph_too_large_for_the_exact_optimum_is_one_line_and_no_optimum(_cache: Path, monkeypatch, caplog):
+    """20,000 nodes would need hours of SCIP and N^2 floats of radii per instance: the run goes on without it."""
+    monkeypatch.setattr(coverage_optimum, "MAX_NODES", 30)
+    env = CoverageEnv(num_envs=2, num_nodes=40, num_sites=3, knn_k=4, image_size=8, optimum_reference=True)
+    caplog.set_level(logging.WARNING)
+    evaluator = Evaluator(env, seed=3)
+    assert evaluator.reference_names == ["greedy", "random"]
+    assert "up to 30 nodes (this env has 40)" in caplog.text and "env.optimum_reference=false" in caplog.text
+    assert not list(_cache.glob("*.json"))  # nothing solved, nothing cached

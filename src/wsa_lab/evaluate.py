@@ -113,6 +113,7 @@ def compose_settings(overrides: Sequence[str] = ()) -> tuple[EvaluateSettings, S
             cfg = compose(CONFIG_NAME, overrides=list(overrides))
     except HydraException as exc:
         raise ConfigError(" ".join(line.strip() for line in str(exc).strip().splitlines())) from exc
+    _check_renamed_if_changed(overrides)
     data = OmegaConf.to_container(cfg, resolve=True)
     suite = structured(SuiteConfig, data.pop("eval_env"), "eval_env")
     settings = structured(EvaluateSettings, data, "evaluate")
@@ -120,6 +121,18 @@ def compose_settings(overrides: Sequence[str] = ()) -> tuple[EvaluateSettings, S
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(settings, name)}")
     return settings, suite
+
+
+def _check_renamed_if_changed(overrides: Sequence[str]) -> None:
+    """A suite whose conditions the command line changes needs its own name: its results are written to
+    eval_<name>.json/.md, which would otherwise replace the shipped suite's results under the shipped name."""
+    keys = [item.partition("=")[0].lstrip("+~") for item in overrides]
+    changed = [k for k in keys if k.startswith("eval_env.conditions")]
+    if changed and "eval_env.name" not in keys:
+        raise ConfigError(
+            f"{changed[0]} changes the suite's conditions but keeps its name, so its results would replace the "
+            "suite's own eval_<name>.json and eval_<name>.md; also set eval_env.name=<a new name>"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- runs

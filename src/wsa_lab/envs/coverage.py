@@ -22,7 +22,7 @@ from wsa_lab.conf_files import yaml_defaults
 from wsa_lab.contract import GraphBatch
 
 from .geometry import squared_distances, within_radius
-from .instances import generate_instances, knn_neighbors
+from .instances import KNN_MAX_BLOCK_ELEMENTS, generate_instances, knn_neighbors
 from .observation import NODE_FEATURE_DIM, knn_edge_index
 from .coverage_optimum import optimum_returns
 from .policies import greedy_returns, random_returns
@@ -184,8 +184,9 @@ class CoverageEnv:
         N, k, H, K = max(1, num_nodes), max(0, knn_k), max(1, image_size), max(1, num_sites)  # the env names bad sizes
         observation = N * NODE_FEATURE_DIM * 4 + N * k * (2 * 8 + 4) + N + N * 2 * 4 + 3 * H * H * 4 + 32
         state = N * (2 * 4 + 4 + k * 8 + 1 + 1 + 4) + 40
-        chunk = max(1, min(64, 2**24 // (N * N)))
-        knn = chunk * N * N * (4 + 1 + 8)  # cdist (float32), the diagonal mask, topk's workspace
+        chunk = max(1, min(64, KNN_MAX_BLOCK_ELEMENTS // (N * N)))  # as knn_neighbors blocks its work
+        block = chunk * max(1, min(N, KNN_MAX_BLOCK_ELEMENTS // N)) * N
+        knn = block * (4 + 8)  # knn_neighbors' distance block (float32) and topk's workspace
         sampling = num_envs * N * 2 * 4 * 6  # generate_instances' temporaries
         discs = num_envs * min(K, N) * H * H * 4 * 3  # render_image: dx, dy, inside per site
         return {"observation": observation, "state": state, "nodes": N, "transient": knn + sampling + discs,

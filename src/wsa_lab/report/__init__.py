@@ -78,6 +78,13 @@ def build_report(
         members = [r for r in runs if r.included and r.arm == arm]
         report.curves[arm] = {m: learning_curve(members, m, statistic, boot) for m in report.final_metrics}
         report.attention[arm] = attention_curves(members)
+    curves = [c for by_metric in report.curves.values() for c in by_metric.values() if c is not None]
+    if curves and all(len(c.steps) < 2 for c in curves):
+        steps = sorted({step for c in curves for step in c.steps})
+        report.notes.append(
+            f"no learning curves: every arm has a single evaluation (at step {', '.join(map(str, steps))}); a curve "
+            "needs at least two, e.g. evaluation.interval=1 or a larger algo.total_timesteps"
+        )
     return report
 
 
@@ -196,6 +203,13 @@ def render_markdown(report: Report, out_dir: Path, sources: list[str]) -> str:
     for note in report.notes:
         lines += [f"> Note: {note}", ""]
     lines += ["## Arms", "", markdown_table(arm_table(report)), ""]
+    if any(a.health for a in report.arms.values()):
+        lines += [
+            "Attention health: each run's final verdict (`wsa/health/verdict` in its summary.json) and how many of "
+            "the arm's runs had it, e.g. `balanced x3`; `unknown` = the run ended before "
+            "`logger.health.min_points` PPO iterations (default 5), too few to judge; `-` = no attention weights "
+            "(Standard Actor, or a fusion without them).", "",
+        ]
     if gaps := gap_table(report):
         lines += [
             "## Gap to each reference", "",

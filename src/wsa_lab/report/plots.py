@@ -28,8 +28,9 @@ def _colors(arms: list[str]) -> dict[str, str]:
 def learning_curves(
     curves: dict[str, dict[str, Optional[Curve]]], metrics: list[str], statistic: str, path: Path
 ) -> Optional[Path]:
-    """One panel per metric; per arm the `statistic` over seeds vs env steps with its 95% CI band."""
-    arms = [a for a in curves if any(curves[a].get(m) for m in metrics)]
+    """One panel per metric; per arm the `statistic` over seeds vs env steps with its 95% CI band. None when no arm
+    has two evaluations: one dot per arm is not a curve (the report says so in a note)."""
+    arms = [a for a in curves if any(curves[a].get(m) and len(curves[a][m].steps) > 1 for m in metrics)]
     if not arms:
         return None
     plt = _pyplot()

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import inspect
 import logging
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -277,15 +277,11 @@ def _pyg(spec: Any, node_dim: int, edge_dim: int, hidden_default: int) -> Backbo
 
 
 def import_target(target: str, who: str) -> Callable[..., Any]:
-    """``package.module.attr`` or ``package.module:attr`` -> the object, or a one-line ConfigError."""
-    module_name, sep, attr = target.partition(":") if ":" in target else target.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(f"{who}: target {target!r} must be a dotted path to a callable, e.g. my_encoders.SmallCNN")
+    """``package.module.attr`` or ``package.module:attr`` (:func:`pkgutil.resolve_name`) -> the object, or a
+    one-line ConfigError."""
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+        obj: Any = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(
             f"{who}: target {target!r} cannot be imported ({type(exc).__name__}: {exc}); is its package on "
             "PYTHONPATH (or pip-installed)?"

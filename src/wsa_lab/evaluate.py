@@ -38,7 +38,7 @@ from wsa_lab.contract import ActionSpec, ObservationSpec, ratio_to_reference, sp
 from wsa_lab.errors import ConfigError, WsaLabError, print_error
 from wsa_lab.models import ActorCritic
 from wsa_lab.weights.load import weights_from_checkpoint
-from wsa_lab.rl.evaluation import headline_metric, play
+from wsa_lab.rl.evaluation import headline_metric, sampled_play
 from wsa_lab.config.strict import structured, unknown_key_error
 from wsa_lab.run.atomic import output_error, write_text_atomic
 from wsa_lab.run.checkpoint import load_checkpoint
@@ -249,22 +249,13 @@ def _std(x: torch.Tensor) -> float:
 
 
 def sampled_returns(agent: ActorCritic, prepared: PreparedCondition, seed: int, episodes: int) -> torch.Tensor:
-    """Returns of the stochastic policy on the condition's held-out episodes, `episodes` times.
-
-    Episode e samples its actions after `torch.manual_seed(seed + e)` inside `torch.random.fork_rng`: the numbers
-    reproduce and the caller's global RNG is untouched.
+    """Returns of the stochastic policy on the condition's held-out episodes, `episodes` times (reproducible, the
+    global RNG untouched: :func:`~wsa_lab.rl.evaluation.sampled_play`).
 
     Shapes:
         - output: ``(episodes * B,)`` on the CPU, episode 0's B returns first
     """
-    device = prepared.env.device
-    devices = [device.index or 0] if device.type == "cuda" else []
-    out = []
-    for episode in range(episodes):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed + episode)
-            out.append(play(agent, prepared.env, seed, deterministic=False).cpu())
-    return torch.cat(out)
+    return sampled_play(agent, prepared.env, seed, episodes).reshape(-1)
 
 
 def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, episodes: int) -> dict[str, Any]:

@@ -97,9 +97,12 @@ class EvaluationConfig:
     """seed of the held-out episode set (not the run's seed)"""
     metric: Optional[str]
     """headline metric; null = eval/<first reference>_ratio, or eval/return"""
+    samples: int
+    """also the best of k sampled episodes per held-out episode (eval/sampled_*); 0 = off"""
 
     def __post_init__(self) -> None:
         check_range("evaluation.interval", self.interval, ge=1)
+        check_range("evaluation.samples", self.samples, ge=0)
         check_range("evaluation.num_instances", self.num_instances, ge=1)
         check_range("evaluation.seed", self.seed, ge=0, le=MAX_SEED)
 

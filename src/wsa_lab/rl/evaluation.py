@@ -45,6 +45,24 @@ def play(agent: ActorCritic, env: VectorGraphEnv, seed: int, deterministic: bool
     raise EnvError(f"env {env_label(env)}: an evaluation episode did not end within {MAX_EPISODE_STEPS} steps")
 
 
+def sampled_play(agent: ActorCritic, env: VectorGraphEnv, seed: int, times: int) -> Tensor:
+    """`times` episodes of the stochastic policy in every env, each from ``env.reset(seed=seed)``.
+
+    Episode e samples its actions after ``torch.manual_seed(seed + e)`` inside ``torch.random.fork_rng``: the numbers
+    reproduce and the caller's global RNG (training's) is untouched.
+
+    Shapes:
+        - output: ``[times, B]`` on the CPU
+    """
+    devices = [env.device.index or 0] if env.device.type == "cuda" else []
+    out = []
+    for episode in range(times):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + episode)
+            out.append(play(agent, env, seed, deterministic=False).cpu())
+    return torch.stack(out)
+
+
 def headline_metric(reference_names: tuple[str, ...] | list[str]) -> str:
     """``eval/<first reference>_ratio`` when the env has references, else ``eval/return``."""
     return f"eval/{reference_names[0]}_ratio" if reference_names else "eval/return"
@@ -58,10 +76,13 @@ class Evaluator:
         seed: ``evaluation.seed``.
         metric: ``evaluation.metric``: the metric the summary's best value, the report, the Hydra sweep objective
             and ``wsa_lab.evaluate`` use; None = :func:`headline_metric`.
+        samples: ``evaluation.samples``: also play k sampled episodes per held-out episode and log the best of
+            them (``eval/sampled_return``, ``eval/sampled_<reference>_ratio``), apart from greedy decoding, as
+            neural combinatorial-optimisation papers report both; 0 = off.
     """
 
-    def __init__(self, env: VectorGraphEnv, seed: int, metric: Optional[str] = None) -> None:
-        self.env, self.seed = env, seed
+    def __init__(self, env: VectorGraphEnv, seed: int, metric: Optional[str] = None, samples: int = 0) -> None:
+        self.env, self.seed, self.samples = env, seed, samples
         env.reset(seed=seed)
         references = env.reference_returns() if hasattr(env, "reference_returns") else {}
         # Read after reference_returns(): an env may drop a reference it could not compute (coverage's optimum).
@@ -88,10 +109,11 @@ class Evaluator:
         return out
 
     def evaluate(self, agent: ActorCritic) -> dict[str, float]:
-        """Deterministic policy on every held-out episode, once."""
+        """Deterministic policy on every held-out episode, once (and the best of ``samples`` sampled ones)."""
         was_training = agent.training
         agent.eval()
         returns = play(agent, self.env, self.seed, deterministic=True)
+        best = sampled_play(agent, self.env, self.seed, self.samples).max(dim=0).values if self.samples else None
         agent.train(was_training)
         mean = returns.mean().item()
         out: dict[str, Any] = {
@@ -100,4 +122,8 @@ class Evaluator:
         }
         for name, value in self.reference_returns.items():
             out[f"eval/{name}_ratio"] = ratio_to_reference(mean, value)
+        if best is not None:
+            out["eval/sampled_return"] = best.mean().item()
+            for name, value in self.reference_returns.items():
+                out[f"eval/sampled_{name}_ratio"] = ratio_to_reference(out["eval/sampled_return"], value)
         return out

@@ -9,23 +9,45 @@ returns computed once; then ``eval/<reference>_ratio`` is the agent's return as 
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
 
 from wsa_lab.contract import VectorGraphEnv, env_label, ratio_to_reference
 from wsa_lab.errors import ConfigError, EnvError
-from wsa_lab.models import ActorCritic
+from wsa_lab.contract import GraphBatch
+from wsa_lab.models import ActorCritic, PolicyStep
 
 #: A cap on the steps of one evaluation episode: an env whose episodes never end is an error, not a hang.
 MAX_EPISODE_STEPS = 100_000
 
 
+@contextmanager
+def eval_mode(agent: ActorCritic) -> Iterator[ActorCritic]:
+    """The agent in eval mode (no dropout) inside the block, its previous mode restored after."""
+    was_training = agent.training
+    agent.eval()
+    try:
+        yield agent
+    finally:
+        agent.train(was_training)
+
+
+#: ``on_step(obs, policy_step, playing)`` of :func:`play`: called before each env step; ``playing`` (B,) bool marks
+#: the envs still in their held-out episode (the others have finished and their states do not count).
+StepObserver = Callable[[GraphBatch, PolicyStep, Tensor], None]
+
+
 @torch.no_grad()
-def play(agent: ActorCritic, env: VectorGraphEnv, seed: int, deterministic: bool = True) -> Tensor:
+def play(
+    agent: ActorCritic, env: VectorGraphEnv, seed: int, deterministic: bool = True,
+    on_step: Optional[StepObserver] = None,
+) -> Tensor:
     """One episode of `agent` in every env, from ``env.reset(seed=seed)`` (deterministic: most likely node and
     the continuous mean; else sampled). Envs that finish first wait (their next episodes are ignored).
+    `on_step` sees every state acted on and what the agent made of it (e.g. its attention weights).
 
     Shapes:
         - output: ``[B]`` episode returns, on the env's device
@@ -35,7 +57,10 @@ def play(agent: ActorCritic, env: VectorGraphEnv, seed: int, deterministic: bool
     returns = torch.zeros(env.num_envs, device=env.device)
     finished = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
     for _ in range(MAX_EPISODE_STEPS):
-        action = agent.get_action_and_value(obs, deterministic=deterministic).action
+        step = agent.get_action_and_value(obs, deterministic=deterministic)
+        if on_step is not None:
+            on_step(obs, step, ~finished)
+        action = step.action
         obs, _reward, terminated, truncated, info = env.step(action.node, spec.policy_to_env(action.continuous))
         ended = (terminated | truncated) & ~finished
         returns = torch.where(ended, info["episode_return"].to(returns.dtype), returns)
@@ -110,11 +135,9 @@ class Evaluator:
 
     def evaluate(self, agent: ActorCritic) -> dict[str, float]:
         """Deterministic policy on every held-out episode, once (and the best of ``samples`` sampled ones)."""
-        was_training = agent.training
-        agent.eval()
-        returns = play(agent, self.env, self.seed, deterministic=True)
-        best = sampled_play(agent, self.env, self.seed, self.samples).max(dim=0).values if self.samples else None
-        agent.train(was_training)
+        with eval_mode(agent):
+            returns = play(agent, self.env, self.seed, deterministic=True)
+            best = sampled_play(agent, self.env, self.seed, self.samples).max(dim=0).values if self.samples else None
         mean = returns.mean().item()
         out: dict[str, Any] = {
             "eval/return": mean,

@@ -45,6 +45,7 @@ class CoverageState(Protocol):
 
 Policy = Callable[[GraphBatch, CoverageState], tuple[Tensor, Tensor]]
 
+
 def random_action(env: CoverageState, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Uniform node among the unmasked ones, uniform action radius in ``[0, 1]``.
 

@@ -35,8 +35,9 @@ import functools
 import inspect
 import logging
 import pkgutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -230,16 +231,24 @@ def _tiny_graphs(node_dim: int, edge_dim: int) -> tuple[Tensor, Tensor, Optional
     return x, edge_index, edge_attr, torch.tensor([0, 0, 0, 1, 1])
 
 
-def _probe(module: nn.Module, run: Callable[[], Tensor], who: str, what: str) -> Tensor:
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode (no dropout, batch-norm statistics frozen) inside the block, its previous mode restored
+    after."""
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def _probe(module: nn.Module, run: Callable[[], Tensor], who: str, what: str) -> Tensor:
+    try:
+        with eval_mode(module), torch.no_grad():
             out = run()
     except Exception as exc:  # noqa: BLE001 - any failure of the user's module on a valid input is a config problem
         raise ConfigError(f"{who} failed on a test batch ({what}): {one_line(exc)}") from exc
-    finally:
-        module.train(was_training)
     if not isinstance(out, Tensor):
         raise ConfigError(f"{who} returned a {type(out).__name__} on a test batch ({what}); it must return one tensor")
     return out

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from wsa_lab.contract import GraphBatch, VectorGraphEnv
 from wsa_lab.models import ActorCritic, PolicyStep
-from wsa_lab.rl.evaluation import eval_mode, play
+from wsa_lab.models.backbones import eval_mode
+from wsa_lab.rl.evaluation import play
 from wsa_lab.run.atomic import write_text_atomic
 
 ATTENTION_STATES = "attention_states.json"

@@ -9,30 +9,18 @@ returns computed once; then ``eval/<reference>_ratio`` is the agent's return as 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
-from wsa_lab.contract import VectorGraphEnv, env_label, ratio_to_reference
+from wsa_lab.contract import GraphBatch, VectorGraphEnv, env_label, ratio_to_reference
 from wsa_lab.errors import ConfigError, EnvError
-from wsa_lab.contract import GraphBatch
 from wsa_lab.models import ActorCritic, PolicyStep
+from wsa_lab.models.backbones import eval_mode
 
 #: A cap on the steps of one evaluation episode: an env whose episodes never end is an error, not a hang.
 MAX_EPISODE_STEPS = 100_000
-
-
-@contextmanager
-def eval_mode(agent: ActorCritic) -> Iterator[ActorCritic]:
-    """The agent in eval mode (no dropout) inside the block, its previous mode restored after."""
-    was_training = agent.training
-    agent.eval()
-    try:
-        yield agent
-    finally:
-        agent.train(was_training)
 
 
 #: ``on_step(obs, policy_step, playing)`` of :func:`play`: called before each env step; ``playing`` (B,) bool marks

@@ -332,6 +332,7 @@ def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: 
         torch.manual_seed(0)
         build = instantiate(cfg.actor_critic, _partial_=True, _convert_="all")
         agent = build(observation_spec=observation_spec(obs_space), action_spec=action_spec(act_space)).to(device)
+    node_width = obs_space["graph"].node_space.shape[0]
     rows = []
     for total in totals:
         gen = torch.Generator().manual_seed(total)
@@ -347,7 +348,7 @@ def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: 
         src = (ptr[graph_of].unsqueeze(1) + (torch.rand(num_nodes, 8, generator=gen) * counts[graph_of].unsqueeze(1)).long())
         dst = torch.arange(num_nodes).unsqueeze(1).expand(-1, 8)
         batch = GraphBatch(
-            x=torch.rand(num_nodes, 6, generator=gen), edge_index=torch.stack([src.reshape(-1), dst.reshape(-1)]),
+            x=torch.rand(num_nodes, node_width, generator=gen), edge_index=torch.stack([src.reshape(-1), dst.reshape(-1)]),
             ptr=ptr, edge_ptr=ptr * 8, action_mask=torch.ones(num_nodes, dtype=torch.bool),
             edge_attr=torch.rand(num_nodes * 8, 1, generator=gen), positions=torch.rand(num_nodes, 2, generator=gen),
         ).to(device)

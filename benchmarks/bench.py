@@ -62,6 +62,8 @@ GYM_ARMS: dict[str, list[str]] = {
     "wsa3_hybrid_gym": ["experiment=phase3_hybrid", *GYM_COVERAGE],
 }
 # The start-up memory estimate (wsa_lab.resources) against the measured peak RSS of one iteration.
+N20000 = ["env.num_nodes=20000", "algo.num_envs=2", "algo.num_steps=8", "evaluation.num_instances=2",
+          "algo.num_minibatches=1"]
 MEMORY_CONFIGS: dict[str, list[str]] = {
     "standard": ["experiment=phase1_baseline"],
     "wsa3_hybrid": ["experiment=phase3_hybrid"],
@@ -69,6 +71,9 @@ MEMORY_CONFIGS: dict[str, list[str]] = {
     "wsa3_hybrid_image64": ["experiment=phase3_hybrid", "env.image_size=64"],
     "wsa3_hybrid_N2000": ["experiment=phase3_hybrid", "env.num_nodes=2000", "algo.num_steps=8", "algo.num_minibatches=1"],
     "graph_only_N2000": ["ptm=[graph_cnn]", "env.num_nodes=2000", "algo.num_envs=64"],
+    # 20,000 nodes: one instance's kNN distances alone would be 1.6 GB (the env builds them in row blocks)
+    "standard_N20000": ["experiment=phase1_baseline", *N20000],
+    "wsa3_hybrid_N20000": ["experiment=phase3_hybrid", *N20000],
 }
 # Mixed-size batches: total nodes of a batch of graphs with 10..200 nodes each, degree 8.
 MIXED_TOTAL_NODES = (1600, 3200, 6400, 12800)
@@ -327,6 +332,7 @@ def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: 
         torch.manual_seed(0)
         build = instantiate(cfg.actor_critic, _partial_=True, _convert_="all")
         agent = build(observation_spec=observation_spec(obs_space), action_spec=action_spec(act_space)).to(device)
+    node_width = obs_space["graph"].node_space.shape[0]
     rows = []
     for total in totals:
         gen = torch.Generator().manual_seed(total)
@@ -342,7 +348,7 @@ def mixed_size_section(totals: tuple[int, ...], repeats: int, device: str, log: 
         src = (ptr[graph_of].unsqueeze(1) + (torch.rand(num_nodes, 8, generator=gen) * counts[graph_of].unsqueeze(1)).long())
         dst = torch.arange(num_nodes).unsqueeze(1).expand(-1, 8)
         batch = GraphBatch(
-            x=torch.rand(num_nodes, 6, generator=gen), edge_index=torch.stack([src.reshape(-1), dst.reshape(-1)]),
+            x=torch.rand(num_nodes, node_width, generator=gen), edge_index=torch.stack([src.reshape(-1), dst.reshape(-1)]),
             ptr=ptr, edge_ptr=ptr * 8, action_mask=torch.ones(num_nodes, dtype=torch.bool),
             edge_attr=torch.rand(num_nodes * 8, 1, generator=gen), positions=torch.rand(num_nodes, 2, generator=gen),
         ).to(device)

@@ -99,7 +99,8 @@ def pretrained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (entry,) = OmegaConf.to_container(OmegaConf.load(file)).values()
         spec = dataclasses.replace(PTMSpec(**{**entry, "weights_path": None}), made_by=None)
         torch.manual_seed(0)
-        wrapper = PreTrainedModelWrapper(spec, 128, 6, 64, None, 500, 3, 32, 1, "relu")
+        node_dim = coverage_specs()[0].node_feature_dim  # the coverage env's node feature width
+        wrapper = PreTrainedModelWrapper(spec, 128, node_dim, 64, None, 500, 3, 32, 1, "relu")
         torch.save(wrapper.backbone.state_dict(), folder / f"{entry['name']}.pt")
     return folder
 

@@ -89,6 +89,20 @@ def test_knn_matches_brute_force():
         knn_neighbors(pos, 9)
 
 
+def test_knn_of_a_large_graph_works_in_row_blocks(monkeypatch):
+    """A graph whose N x N distances pass the block cap (20,000 nodes: 1.6 GB) is done in blocks of rows, with the
+    same neighbours, and the memory estimate counts one block, not N^2 (it was 4.9 GiB at 20,000 nodes)."""
+    import wsa_lab.envs.instances as instances
+
+    pos = torch.rand(2, 300, 2, generator=gen(5))
+    whole = knn_neighbors(pos, 8)
+    monkeypatch.setattr(instances, "KNN_MAX_BLOCK_ELEMENTS", 1000)  # 3 rows per block
+    assert torch.equal(knn_neighbors(pos, 8), whole)
+    monkeypatch.undo()
+    transient = CoverageEnv.memory_estimate(num_envs=1, num_nodes=20_000)["transient"]
+    assert transient < 2**30, transient
+
+
 # --------------------------------------------------------------------------- observation
 def test_observation_is_a_graph_batch():
     env = CoverageEnv(num_envs=3, num_nodes=6, num_sites=2, knn_k=2)
@@ -111,7 +125,29 @@ def test_observation_is_a_graph_batch():
     assert obs.image.shape == (3, 3, 32, 32)
     # the contract's spaces describe it
     spec = observation_spec(env.single_observation_space)
-    assert spec.node_feature_dim == 6 and spec.edge_feature_dim == 1 and spec.image_shape == (3, 32, 32)
+    assert spec.node_feature_dim == 6 + env.coverage_radii and spec.edge_feature_dim == 1 and spec.image_shape == (3, 32, 32)
+    assert obs.x.shape == (18, spec.node_feature_dim)
+    no_coverage = CoverageEnv(num_envs=3, num_nodes=6, num_sites=2, knn_k=2, coverage_radii=0)
+    assert no_coverage.reset().x.shape == (18, 6) and observation_spec(no_coverage.single_observation_space).node_feature_dim == 6
+
+
+def test_coverage_features_are_what_a_site_would_cover():
+    """Each node's uncovered demand within each radius, brute force: what opening a site there adds (before cost)."""
+    env = CoverageEnv(num_envs=2, num_nodes=12, num_sites=3, knn_k=3, coverage_radii=3, seed=2, autoreset=False)
+    env.reset()
+    env.step(torch.tensor([0, 5]), torch.tensor([0.5, 1.0]))  # some demand covered
+    obs = env.observe()
+    got = nodes(obs)[..., 6:]
+    radii = [env.r_min + a * (env.r_max - env.r_min) for a in (0.0, 0.5, 1.0)]
+    for b in range(2):
+        for i in range(12):
+            for l, r in enumerate(radii):
+                want = sum(float(env.demand[b, j]) for j in range(12)
+                           if not env.covered[b, j] and math.dist(env.pos[b, i].tolist(), env.pos[b, j].tolist()) <= r + 1e-7)
+                assert float(got[b, i, l]) == pytest.approx(12 * want, abs=1e-4)
+    assert bool((got[..., 0] <= got[..., 1]).all() and (got[..., 1] <= got[..., 2]).all())
+    node_space = env.single_observation_space["graph"].node_space
+    assert all(node_space.contains(row) for row in obs.x.numpy())
 
 
 # --------------------------------------------------------------------------- dynamics
@@ -346,9 +382,9 @@ def brute_force_best(env: CoverageEnv, b: int, radius_grid: int) -> tuple[list[f
 def greedy_chunking(request, monkeypatch):
     """Run greedy tests with all sites in one chunk and with one site per chunk."""
     if request.param == "tiny_chunks":
-        import wsa_lab.envs.policies as policies
+        import wsa_lab.envs.geometry as geometry
 
-        monkeypatch.setattr(policies, "_GREEDY_MAX_CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(geometry, "MAX_CHUNK_ELEMENTS", 1)
     return request.param
 
 
@@ -424,7 +460,7 @@ def test_run_episodes_respects_time_limit():
 def test_sizes(num_nodes):
     env = CoverageEnv(num_envs=2, num_nodes=num_nodes, num_sites=3, seed=1)
     obs = env.reset()
-    assert nodes(obs).shape == (2, num_nodes, 6) and obs.edge_index.shape == (2, 2 * num_nodes * 8)
+    assert nodes(obs).shape == (2, num_nodes, 6 + env.coverage_radii) and obs.edge_index.shape == (2, 2 * num_nodes * 8)
     node, radius = greedy_action(env)
     assert env.action_mask[torch.arange(2), node].all()
     obs, rew, *_ = env.step(node, radius)

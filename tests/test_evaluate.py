@@ -185,9 +185,21 @@ def test_compose_errors_name_the_problem():
         compose_settings(["radius_grid=21"])
     settings, suite = compose_settings(
         ["eval_env=cities", "episodes=3", "seed=7", "~eval_env.conditions", "+eval_env.conditions={fr: {country: FR}}",
-         "+env.greedy_radius_grid=21"]
+         "eval_env.name=cities_fr", "+env.greedy_radius_grid=21"]
     )
     assert (settings.episodes, settings.seed, list(suite.conditions), settings.env) == (3, 7, ["fr"], {"greedy_radius_grid": 21})
+    assert suite.name == "cities_fr"
+
+
+def test_changed_conditions_need_a_new_suite_name():
+    """Extra conditions under the shipped name would replace eval_in_distribution.json/.md with other conditions."""
+    with pytest.raises(ConfigError, match="eval_env.conditions.big changes the suite's conditions but keeps its name.*"
+                                          "set eval_env.name=<a new name>"):
+        compose_settings(["+eval_env.conditions.big={scale: {num_nodes: 2}}"])
+    with pytest.raises(ConfigError, match="eval_env.conditions changes the suite's conditions"):
+        compose_settings(["eval_env=cities", "~eval_env.conditions", "+eval_env.conditions={fr: {country: FR}}"])
+    _settings, suite = compose_settings(["+eval_env.conditions.big={scale: {num_nodes: 2}}", "eval_env.name=big"])
+    assert suite.name == "big" and list(suite.conditions) == ["held_out", "big"]
 
 
 # ------------------------------------------------------------------------------------------- table
@@ -445,16 +457,17 @@ def gym_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 MORE_PICKS = "+eval_env.conditions.more_picks={scale: {kwargs: {picks: 2}}}"  # picks 2 -> 4 (min_nodes is 6)
+MORE_PICKS_SUITE = [MORE_PICKS, "eval_env.name=more_picks"]
 
 
 def test_a_users_env_evaluates_under_a_shifted_kwarg(gym_runs: Path):
     runs = [gym_runs / "value_0", gym_runs / "value_1"]
-    result = evaluate_runs(runs, [*FAST, "device=cpu", MORE_PICKS])
+    result = evaluate_runs(runs, [*FAST, "device=cpu", *MORE_PICKS_SUITE])
     headline = json.loads((runs[0] / "summary.json").read_text())["metric"]  # eval/<the env's first reference>_ratio
-    first, other = json.loads((runs[0] / "eval_in_distribution.json").read_text())["conditions"]["more_picks"]["references"]
+    first, other = json.loads((runs[0] / "eval_more_picks.json").read_text())["conditions"]["more_picks"]["references"]
     assert headline == f"eval/{first}_ratio"
     for run_result, folder in zip(result.runs, runs):
-        assert json.loads((folder / "eval_in_distribution.json").read_text()) == json.loads(json.dumps(run_result))
+        assert json.loads((folder / "eval_more_picks.json").read_text()) == json.loads(json.dumps(run_result))
         assert run_result["metric"] == headline and run_result["run"]["env"] == VALUE_GRAPH
         held_out, more = run_result["conditions"]["held_out"], run_result["conditions"]["more_picks"]
         assert held_out["changed"] == {} and held_out["env"]["kwargs"] == {"picks": 2}
@@ -474,7 +487,7 @@ def test_a_users_env_evaluates_under_a_shifted_kwarg(gym_runs: Path):
 
 
 def test_a_users_env_without_references_is_tabled_by_its_return(gym_runs: Path):
-    result = evaluate_runs([gym_runs / "plain_0"], [*FAST, "device=cpu", MORE_PICKS])
+    result = evaluate_runs([gym_runs / "plain_0"], [*FAST, "device=cpu", *MORE_PICKS_SUITE])
     (run,) = result.runs
     assert run["metric"] == "eval/return"
     for c in run["conditions"].values():
@@ -500,10 +513,10 @@ def test_a_users_env_runs_reproduce_and_leave_the_global_rng_alone(gym_runs: Pat
     "runs, overrides, message",
     [
         (["value_0", "plain_0"], [], "have different headline metrics (eval/"),
-        (["value_0"], ["+eval_env.conditions.u={demand_sigma: 0.0}"],
+        (["value_0"], ["+eval_env.conditions.u={demand_sigma: 0.0}", "eval_env.name=shifted"],
          "eval_env.conditions.u: demand_sigma applies to the built-in coverage env (env=coverage) only"),
-        (["value_0"], ["+eval_env.conditions.x={env: {kwargs: {pics: 3}}}"], "eval_env condition 'x': "),
-        (["value_0"], ["+eval_env.conditions.bid={env: {kwargs: {continuous_dim: 2}}}"],
+        (["value_0"], ["+eval_env.conditions.x={env: {kwargs: {pics: 3}}}", "eval_env.name=shifted"], "eval_env condition 'x': "),
+        (["value_0"], ["+eval_env.conditions.bid={env: {kwargs: {continuous_dim: 2}}}", "eval_env.name=shifted"],
          "eval_env condition 'bid': its env does not fit the trained agent (node feature width 4, trained on 2; "
          "continuous action dim 2, trained on 0)"),
     ],
@@ -511,9 +524,9 @@ def test_a_users_env_runs_reproduce_and_leave_the_global_rng_alone(gym_runs: Pat
 def test_a_users_env_bad_conditions_are_one_line(
     gym_runs: Path, capsys: pytest.CaptureFixture, runs: list[str], overrides: list[str], message: str
 ):
-    before = {p: p.stat().st_mtime_ns for p in gym_runs.glob("*/eval_in_distribution.json")}
+    before = {p: p.stat().st_mtime_ns for p in gym_runs.glob("*/eval_*.json")}
     assert main([*(str(gym_runs / r) for r in runs), *FAST, "device=cpu", *overrides]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("wsa_lab.evaluate: error: ") and message in err, err
     if len(runs) > 1:  # the metrics are compared before any run plays
-        assert {p: p.stat().st_mtime_ns for p in gym_runs.glob("*/eval_in_distribution.json")} == before
+        assert {p: p.stat().st_mtime_ns for p in gym_runs.glob("*/eval_*.json")} == before

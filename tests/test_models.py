@@ -332,7 +332,7 @@ def test_gcn_stack_matches_pyg_gcnconv(obs):
 
     torch.manual_seed(0)
     inputs = StateInputs.from_batch(obs)
-    stack = GCNStack(6, 8, num_layers=2)
+    stack = GCNStack(obs.x.shape[1], 8, num_layers=2)
     reference = [GCNConv(8, 8) for _ in range(2)]
     for ref, conv in zip(reference, stack.convs):
         ref.load_state_dict(conv.state_dict())

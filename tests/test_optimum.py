@@ -147,3 +147,38 @@ def test_an_unproven_optimum_is_not_reported(_cache: Path, caplog):
     assert "not solved to proven optimality" in caplog.text
     assert optimum_returns(env, instances) is None  # the failure is cached: no second wait
     assert len(list(_cache.glob("*.json"))) == 1
+
+
+def test_a_graph_too_large_for_the_exact_optimum_is_one_line_and_no_optimum(_cache: Path, monkeypatch, caplog):
+    """20,000 nodes would need hours of SCIP and N^2 floats of radii per instance: the run goes on without it."""
+    monkeypatch.setattr(coverage_optimum, "MAX_NODES", 30)
+    env = CoverageEnv(num_envs=2, num_nodes=40, num_sites=3, knn_k=4, image_size=8, optimum_reference=True)
+    caplog.set_level(logging.WARNING)
+    evaluator = Evaluator(env, seed=3)
+    assert evaluator.reference_names == ["greedy", "random"]
+    assert "up to 30 nodes (this env has 40)" in caplog.text and "env.optimum_reference=false" in caplog.text
+    assert not list(_cache.glob("*.json"))  # nothing solved, nothing cached
+
+
+def test_sampled_evaluation_is_the_best_of_k_and_leaves_training_alone():
+    """evaluation.samples=k: the best of k sampled episodes per held-out instance, logged apart from greedy decoding;
+    reproducible and without touching the global RNG that training draws from."""
+    from conftest import actor_critic_kwargs, coverage_specs
+    from wsa_lab.models import build_actor_critic
+    from wsa_lab.rl.evaluation import sampled_play
+
+    torch.manual_seed(0)
+    agent = build_actor_critic(*coverage_specs(num_nodes=20, image_size=8), **actor_critic_kwargs(
+        hidden_dim=8, context_dim=8, feature_dim=8, head_hidden_dim=8, wsa={"enabled": False}))
+    env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=8)
+    evaluator = Evaluator(env, seed=3, samples=5)
+    state = torch.get_rng_state()
+    first = evaluator.evaluate(agent)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert evaluator.evaluate(agent) == first  # same numbers again
+    plays = sampled_play(agent, env, 3, 5)
+    assert plays.shape == (5, 4) and len({tuple(p.tolist()) for p in plays}) > 1  # the samples differ
+    assert first["eval/sampled_return"] == pytest.approx(plays.max(0).values.mean().item())
+    assert first["eval/sampled_return"] >= plays.mean().item()
+    assert first["eval/sampled_greedy_ratio"] == pytest.approx(first["eval/sampled_return"] / evaluator.reference_returns["greedy"])
+    assert "eval/sampled_return" not in Evaluator(env, seed=3).evaluate(agent)  # off by default

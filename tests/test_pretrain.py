@@ -49,7 +49,7 @@ def test_a_pretrained_frozen_ptm_is_the_checkpoints_encoder(tmp_path: Path, ptm:
     # ... and what it computes on some states is the checkpoint's encoder on them: a module built on its own
     # (no weights_path), given the file's tensors by hand
     fresh = PreTrainedModelWrapper(
-        dataclasses.replace(wrapper.spec, weights_path=None, made_by=None), 128, 6, 64, None, 500, 3, 32, 1, "relu"
+        dataclasses.replace(wrapper.spec, weights_path=None, made_by=None), 128, env.single_observation_space["graph"].node_space.shape[0], 64, None, 500, 3, 32, 1, "relu"
     ).eval()
     fresh.backbone.load_state_dict(weights, strict=True)
     inputs = StateInputs.from_batch(env.reset(seed=5))

@@ -252,7 +252,7 @@ def test_custom_weights_path_is_loaded_strictly(obs, my_encoders, tmp_path):
 def test_every_kind_rebuilds_from_a_checkpoint_without_its_files(obs, my_encoders, mnv3_home, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(mnv3_home))
     weights = tmp_path / "gnn.pt"
-    torch.save(my_encoders.MeanMessageGNN(6, hidden=16, edge_dim=1).state_dict(), weights)
+    torch.save(my_encoders.MeanMessageGNN(obs.x.shape[1], hidden=16, edge_dim=1).state_dict(), weights)
     ptms = [{**MNV3, "freeze_backbone": True}, {**MEAN_GNN, "weights_path": str(weights)},
             {"name": "gin", "model_type": "pyg:GIN", "hidden_channels": 8}, TINY_CNN]
     trained = agent_of(ptms).eval()

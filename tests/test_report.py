@@ -279,3 +279,17 @@ def test_gap_to_each_reference_by_hand_for_a_cost_env(tmp_path: Path, capsys: py
     out = capsys.readouterr().out
     assert "gap to cpsat" in out and "mwkr (reference)" in out and "0.120" in out
     assert "## Gap to each reference" in (root / "report" / "report.md").read_text()
+
+
+def test_one_evaluation_per_run_draws_no_curve_and_says_why(tmp_path: Path):
+    """A small budget evaluates once: one dot per arm is not a learning curve (it was drawn, x axis 1950-2150)."""
+    for seed in range(2):
+        make_run(tmp_path, f"a{seed}", "phase1_baseline", seed, 0.8, ptms=[], steps=(2048,))
+        make_run(tmp_path, f"b{seed}", "phase1_wsa3", seed, 0.7, steps=(2048,))
+    report = build_report([tmp_path], boot=BootstrapSettings(reps=200))
+    md = write_report(report, tmp_path / "report", [str(tmp_path)]).read_text()
+    assert not (tmp_path / "report" / "learning_curves.png").exists() and "learning_curves.png" not in md
+    assert "no learning curves: every arm has a single evaluation (at step 2048)" in md
+    assert "evaluation.interval=1" in md
+    # the health column's words are explained beside the table
+    assert "`unknown` = the run ended before `logger.health.min_points`" in md

@@ -102,5 +102,5 @@ def build_training(
         ev = settings.evaluation
         eval_env = make_env(cfg, num_envs=ev.num_instances, seed=ev.seed, device=device)
         opened.append(eval_env)
-        evaluator = Evaluator(eval_env, ev.seed, ev.metric)
+        evaluator = Evaluator(eval_env, ev.seed, ev.metric, ev.samples)
     return Training(env, agent, PPO(agent, env, algo, reset_seed=cfg.seed), evaluator)

@@ -9,6 +9,9 @@ return as a fraction of each: `<ref>_ratio`, as `eval/<ref>_ratio` in training).
 references are computed once per evaluation and shared by every run. Outputs: `eval_<suite>.json` in each
 run folder, and a Markdown table across runs of each run's headline metric (grouped by arm, statistics over
 seeds) printed and written to `eval_<suite>.md` next to the inputs.
+
+With `ablate=true` (WSA agents only) each condition plays the agent and its PTM ablations instead
+(:mod:`wsa_lab.ablation`): `ablation_<suite>.json` in each run folder, the table in `ablation_<suite>.md`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wsa_lab import stats
+from wsa_lab.ablation import ablate_condition, format_ablation_table
 from wsa_lab.build import close_env, make_agent, make_env
 from wsa_lab.conf_files import config_dir
 from wsa_lab.config.validate import resolve_device
@@ -38,7 +42,7 @@ from wsa_lab.contract import ActionSpec, ObservationSpec, ratio_to_reference, sp
 from wsa_lab.errors import ConfigError, WsaLabError, print_error
 from wsa_lab.models import ActorCritic
 from wsa_lab.weights.load import weights_from_checkpoint
-from wsa_lab.rl.evaluation import headline_metric, play
+from wsa_lab.rl.evaluation import headline_metric, sampled_play
 from wsa_lab.config.strict import structured, unknown_key_error
 from wsa_lab.run.atomic import output_error, write_text_atomic
 from wsa_lab.run.checkpoint import load_checkpoint
@@ -69,6 +73,7 @@ class EvaluateSettings:
     deterministic: bool
     table: Optional[str]
     bootstrap_reps: int
+    ablate: bool
 
 
 @dataclass
@@ -88,6 +93,7 @@ class EvaluationResult:
     runs: list[dict[str, Any]]
     table: str
     table_path: Path
+    prefix: str = "eval"  # the JSON files' prefix: eval_<suite>.json, or ablation_<suite>.json (ablate=true)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -113,6 +119,7 @@ def compose_settings(overrides: Sequence[str] = ()) -> tuple[EvaluateSettings, S
             cfg = compose(CONFIG_NAME, overrides=list(overrides))
     except HydraException as exc:
         raise ConfigError(" ".join(line.strip() for line in str(exc).strip().splitlines())) from exc
+    _check_renamed_if_changed(overrides)
     data = OmegaConf.to_container(cfg, resolve=True)
     suite = structured(SuiteConfig, data.pop("eval_env"), "eval_env")
     settings = structured(EvaluateSettings, data, "evaluate")
@@ -120,6 +127,18 @@ def compose_settings(overrides: Sequence[str] = ()) -> tuple[EvaluateSettings, S
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be >= 1, got {getattr(settings, name)}")
     return settings, suite
+
+
+def _check_renamed_if_changed(overrides: Sequence[str]) -> None:
+    """A suite whose conditions the command line changes needs its own name: its results are written to
+    eval_<name>.json/.md, which would otherwise replace the shipped suite's results under the shipped name."""
+    keys = [item.partition("=")[0].lstrip("+~") for item in overrides]
+    changed = [k for k in keys if k.startswith("eval_env.conditions")]
+    if changed and "eval_env.name" not in keys:
+        raise ConfigError(
+            f"{changed[0]} changes the suite's conditions but keeps its name, so its results would replace the "
+            "suite's own eval_<name>.json and eval_<name>.md; also set eval_env.name=<a new name>"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -236,22 +255,13 @@ def _std(x: torch.Tensor) -> float:
 
 
 def sampled_returns(agent: ActorCritic, prepared: PreparedCondition, seed: int, episodes: int) -> torch.Tensor:
-    """Returns of the stochastic policy on the condition's held-out episodes, `episodes` times.
-
-    Episode e samples its actions after `torch.manual_seed(seed + e)` inside `torch.random.fork_rng`: the numbers
-    reproduce and the caller's global RNG is untouched.
+    """Returns of the stochastic policy on the condition's held-out episodes, `episodes` times (reproducible, the
+    global RNG untouched: :func:`~wsa_lab.rl.evaluation.sampled_play`).
 
     Shapes:
         - output: ``(episodes * B,)`` on the CPU, episode 0's B returns first
     """
-    device = prepared.env.device
-    devices = [device.index or 0] if device.type == "cuda" else []
-    out = []
-    for episode in range(episodes):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed + episode)
-            out.append(play(agent, prepared.env, seed, deterministic=False).cpu())
-    return torch.cat(out)
+    return sampled_play(agent, prepared.env, seed, episodes).reshape(-1)
 
 
 def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, episodes: int) -> dict[str, Any]:
@@ -290,7 +300,8 @@ def evaluate_run(
     run: LoadedRun, suite: SuiteConfig, settings: EvaluateSettings, device: torch.device,
     cache: dict[str, PreparedCondition],
 ) -> dict[str, Any]:
-    """One run on every condition of the suite (conditions prepared on first use, into `cache`)."""
+    """One run on every condition of the suite (conditions prepared on first use, into `cache`); with
+    `settings.ablate`, its PTM ablations on each (:func:`wsa_lab.ablation.ablate_condition`) instead."""
     per_condition: dict[str, Any] = {}
     metric = run.metric
     for condition in build_conditions(suite.conditions, run.cfg.env, settings.env):
@@ -301,7 +312,10 @@ def evaluate_run(
         prepared.check_agent(run.specs)
         metric = metric or headline_metric(prepared.reference_names)
         _check_metric(metric, prepared, run)
-        per_condition[condition.name] = evaluate_agent(run.agent, prepared, settings.seed, settings.episodes)
+        if settings.ablate:
+            per_condition[condition.name] = ablate_condition(run.agent, prepared, metric_key(metric))
+        else:
+            per_condition[condition.name] = evaluate_agent(run.agent, prepared, settings.seed, settings.episodes)
     return {
         "suite": suite.name,
         "metric": metric,
@@ -309,12 +323,29 @@ def evaluate_run(
             "path": str(run.path), "name": run.arm, "phase": run.summary.get("phase"), "seed": run.seed,
             "status": run.summary.get("status"), "global_step": run.global_step, "env": run.summary.get("env"),
         },
+        **({"ptm_names": run.agent.ptm_names} if settings.ablate else {}),
         "settings": {
             "num_instances": settings.num_instances, "episodes": settings.episodes, "seed": settings.seed,
             "env": settings.env, "device": str(device),
         },
         "conditions": per_condition,
     }
+
+
+def check_ablatable(path: Path, cfg: DictConfig) -> None:
+    """One-line ConfigError unless the run's agent has attention weights over >= 2 PTMs (read from its config,
+    before any agent is built)."""
+    wsa = (cfg.get("actor_critic") or {}).get("wsa") or {}
+    ptms = list(wsa.get("pretrained_models") or [])
+    if not wsa.get("enabled"):
+        raise ConfigError(
+            f"{path}: ablate=true ablates the PTMs of a WSA agent; this run is the Standard Actor (no PTMs, no attention)"
+        )
+    if wsa.get("fusion") == "concat" or len(ptms) < 2:
+        raise ConfigError(
+            f"{path}: ablate=true needs attention weights over >= 2 PTMs; this run has fusion "
+            f"{wsa.get('fusion')!r} over {len(ptms)} PTM(s)"
+        )
 
 
 def evaluate_runs(
@@ -326,8 +357,13 @@ def evaluate_runs(
     deterministic_kernels(device, settings.deterministic)
     run_paths = find_runs(paths, warn=log)
     # Before any agent plays: every run's files are readable and their declared headline metrics agree.
-    check_one_metric({str(p): declared_metric(*read_run_files(p)) for p in run_paths})
-    table_path = Path(settings.table) if settings.table else default_table_path(paths, suite.name)
+    files = {p: read_run_files(p) for p in run_paths}
+    check_one_metric({str(p): declared_metric(*f) for p, f in files.items()})
+    if settings.ablate:  # and, to ablate, that every run's agent has attention over PTMs
+        for p, (cfg, _summary) in files.items():
+            check_ablatable(p, cfg)
+    prefix = "ablation" if settings.ablate else "eval"
+    table_path = Path(settings.table) if settings.table else default_table_path(paths, suite.name, prefix)
     check_output_dir(table_path.parent, "table")  # before any agent plays: a table that cannot be written says so now
     cache: dict[str, PreparedCondition] = {}  # condition -> its env and references, shared by the runs
     results = []
@@ -339,28 +375,31 @@ def evaluate_runs(
                 log(f"warning: {path} has status {status!r}: evaluated, but not averaged into the table")
             log(f"[{i}/{len(run_paths)}] {run.arm} seed {run.seed}: {path}")
             result = evaluate_run(run, suite, settings, device, cache)
-            write_text_atomic(path / f"eval_{suite.name}.json", json.dumps(result, indent=2) + "\n")
+            write_text_atomic(path / f"{prefix}_{suite.name}.json", json.dumps(result, indent=2) + "\n")
             results.append(result)
             del run
     finally:
         for prepared in cache.values():
             prepared.close()
-    table = format_table(suite.name, results, settings, suite.columns)
+    if settings.ablate:
+        table = format_ablation_table(suite.name, results)
+    else:
+        table = format_table(suite.name, results, settings, suite.columns)
     try:
         table_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise output_error(table_path, exc, "table") or ConfigError(f"table={table_path}: cannot create its folder ({exc})") from exc
     write_text_atomic(table_path, table, where="table")
-    return EvaluationResult(suite.name, results, table, table_path)
+    return EvaluationResult(suite.name, results, table, table_path, prefix)
 
 
-def default_table_path(paths: Sequence[str | Path], suite: str) -> Path:
-    """`eval_<suite>.md` in the one folder given, else in the folders' common parent (cwd if that is `/`)."""
+def default_table_path(paths: Sequence[str | Path], suite: str, prefix: str = "eval") -> Path:
+    """`<prefix>_<suite>.md` in the one folder given, else in the folders' common parent (cwd if that is `/`)."""
     folders = [Path(p).expanduser().resolve() for p in paths]
     common = Path(os.path.commonpath(folders)) if len(folders) > 1 else folders[0]
     if common == Path(common.anchor):
         common = Path.cwd()
-    return common / f"eval_{suite}.md"
+    return common / f"{prefix}_{suite}.md"
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -523,7 +562,8 @@ def format_table(
 # ---------------------------------------------------------------------------------------------- CLI
 USAGE = (
     "usage: python -m wsa_lab.evaluate RUN_OR_SWEEP_FOLDER [...] [eval_env=in_distribution|size_shift|"
-    "structure_shift|cities] [episodes=4] [num_instances=32] [seed=2027] [+env.KEY=VALUE] [device=auto] [table=PATH]"
+    "structure_shift|cities] [episodes=4] [num_instances=32] [seed=2027] [+env.KEY=VALUE] [device=auto] [table=PATH] "
+    "[ablate=true]"
 )
 
 
@@ -547,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WsaLabError, OmegaConfBaseException) as exc:
         return print_error("wsa_lab.evaluate", exc)
     print(result.table, end="")
-    print(f"wrote eval_{result.suite}.json in {len(result.runs)} run folder(s) and {result.table_path}", file=sys.stderr)
+    print(f"wrote {result.prefix}_{result.suite}.json in {len(result.runs)} run folder(s) and {result.table_path}", file=sys.stderr)
     return 0
 
 

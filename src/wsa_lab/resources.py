@@ -1,15 +1,15 @@
 """A memory estimate at start-up: a run whose buffers cannot fit fails before it allocates them.
 
-How it is computed (bytes, float32 = 4 B; within about 2x of the measured peak, see `python benchmarks/bench.py
---only memory`):
+How it is computed (bytes, float32 = 4 B; within 1.5x of the measured peak from 50 to 20,000 nodes, see
+`python benchmarks/bench.py --only memory` and BENCHMARKS.md):
 
 - one observation: the env's own estimate when its class has one (``memory_estimate``: the coverage env's is
   exact for its tensors), else measured on one env of it (reset once, the GraphBatch's tensors counted);
 - the rollout buffer: ``algo.num_steps x algo.num_envs`` observations, twice (the update joins them into one
   batch), plus the frozen PTMs' cached features;
 - the envs: the training env (``algo.num_envs``) and the evaluation env (``evaluation.num_instances``): their
-  state and what building them needs at once (the coverage env: one chunk of kNN distances, ``N^2`` floats per
-  instance);
+  state and what building them needs at once (the coverage env: one block of kNN distances, at most 2^24
+  floats: whole ``N x N`` matrices of a few instances, or rows of one large graph);
 - the update: one minibatch's activations: per node, the GNN widths over its layers; per image of a trainable
   CNN, about 150 floats per pixel (ResNet18's saved activations, more for larger models);
 - the model: parameters (+ gradients and Adam's two moments for trainable ones), from torchvision's weights

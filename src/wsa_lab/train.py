@@ -23,6 +23,7 @@ from wsa_lab.contract import VectorGraphEnv
 from wsa_lab.errors import ConfigError, EnvError, TrainingDivergedError
 from wsa_lab.resources import check_memory, human
 from wsa_lab.rl import PPO
+from wsa_lab.rl.attention_probe import write_attention_states
 from wsa_lab.run.folder import Checkpoint, RunFolder, config_snapshot, resume_changes
 from wsa_lab.run.init_from import carry_over, read_source
 from wsa_lab.run.signals import Interrupted, StopSignals
@@ -207,6 +208,8 @@ def _train(cfg: DictConfig, folder: RunFolder, envs: list[Any]) -> dict[str, Any
                     if stop:
                         stopped_on_signal = True
                         signals.stop()  # requeue through submitit's handler, or exit 128 + signal
+                # the report's "where is each PTM used" figure: per-state weights on a few held-out states
+                write_attention_states(run_dir, agent, evaluator.env, evaluator.seed, ppo.global_step)
         except BaseException as exc:
             status = "interrupted" if stopped_on_signal or isinstance(exc, Interrupted) else "failed"
             failure = exc

@@ -68,7 +68,8 @@ def _no_nested_targets(node: Any, where: str) -> None:
                                   "PTM's target")
 
 
-def _import(path: Any, key: str) -> Any:
+def import_object(path: Any, key: str) -> Any:
+    """The object `path` names (Hydra's `get_object`), or a one-line ConfigError naming the config `key`."""
     try:
         return get_object(str(path))
     except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, ...: all mean "cannot find it"
@@ -91,7 +92,7 @@ def check_env_node(node: DictConfig, where: str = "env") -> None:
     if trusted():
         return
     target = node.get("_target_")
-    if target is not None and not is_env_class(_import(target, f"{where}._target_")):
+    if target is not None and not is_env_class(import_object(target, f"{where}._target_")):
         raise _refuse(f"{where}._target_", target, "must name a Gymnasium env class or a wsa_lab vector env class")
     _no_nested_targets(node, where)
 

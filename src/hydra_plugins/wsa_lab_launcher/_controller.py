@@ -12,15 +12,17 @@ Run as `python -m hydra_plugins.wsa_lab_launcher._controller <submitit folder>` 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from submitit.core import utils
-from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE, Controller
+from submitit.local.local import Controller
+
+from wsa_lab.run.atomic import write_text_atomic
 
 
 def exit_file(folder: str | Path, job_id: str) -> Path:
@@ -33,28 +35,18 @@ class ReportingController(Controller):
         signal.signal(signal.SIGINT, signal.getsignal(signal.SIGTERM))  # the base class's: forward to the job
         self.exit_codes: list[Any] = []
 
+    def wait(self, freq: int = 24) -> Sequence[Optional[int]]:
+        self.exit_codes = list(super().wait(freq))  # of the last attempt (a requeue starts another)
+        return self.exit_codes
+
     def run(self, max_retry: int = 6) -> None:
         try:
-            for _ in range(max_retry):
-                try:
-                    self.start_tasks()
-                    self.exit_codes = list(self.wait())
-                    if not any(e == LOCAL_REQUEUE_RETURN_CODE for e in self.exit_codes):
-                        break
-                finally:
-                    self.kill_tasks()
+            super().run(max_retry)
         finally:
-            self._report()
-
-    def _report(self) -> None:
-        path = exit_file(self.folder, self.pid)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"exit_codes": self.exit_codes}) + "\n")
-            os.replace(tmp, path)
-        except OSError:
-            pass  # the launcher then reports submitit's state instead
+            path = exit_file(self.folder, self.pid)
+            with contextlib.suppress(OSError):  # the launcher then reports submitit's state instead
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(path, json.dumps({"exit_codes": self.exit_codes}) + "\n")
 
 
 if __name__ == "__main__":

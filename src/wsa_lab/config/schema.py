@@ -97,9 +97,12 @@ class EvaluationConfig:
     """seed of the held-out episode set (not the run's seed)"""
     metric: Optional[str]
     """headline metric; null = eval/<first reference>_ratio, or eval/return"""
+    samples: int
+    """also the best of k sampled episodes per held-out episode (eval/sampled_*); 0 = off"""
 
     def __post_init__(self) -> None:
         check_range("evaluation.interval", self.interval, ge=1)
+        check_range("evaluation.samples", self.samples, ge=0)
         check_range("evaluation.num_instances", self.num_instances, ge=1)
         check_range("evaluation.seed", self.seed, ge=0, le=MAX_SEED)
 
@@ -157,6 +160,8 @@ class HealthConfig:
     """near-identical PTMs: the mean cosine similarity of two PTMs' adapted features is above this"""
     norm_imbalance_threshold: float
     """imbalanced feature norms: the largest PTM's mean feature norm is more than this times the smallest's"""
+    meaningful_state_std: float
+    """meaningful (vs state-blind): the window's mean `wsa/attention_state_std` is at least this"""
 
     def __post_init__(self) -> None:
         if not 3 <= self.min_points <= self.window:
@@ -170,6 +175,8 @@ class HealthConfig:
             raise ConfigError("logger.health: static_tolerance and noise_threshold must be >= 0")
         if not -1 <= self.similarity_threshold <= 1:
             raise ConfigError(f"logger.health.similarity_threshold must be in [-1, 1]; got {self.similarity_threshold}")
+        if not self.meaningful_state_std >= 0:
+            raise ConfigError(f"logger.health.meaningful_state_std must be >= 0; got {self.meaningful_state_std}")
         if not self.norm_imbalance_threshold >= 1:
             raise ConfigError(f"logger.health.norm_imbalance_threshold must be >= 1; got {self.norm_imbalance_threshold}")
         if not 0 <= self.balanced_low <= 1 <= self.balanced_high:

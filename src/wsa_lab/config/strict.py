@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import operator
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -101,16 +102,7 @@ def check_range(
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{where} must be a finite number, got {value!r}")
-    parts = []
-    if ge is not None:
-        parts.append((value >= ge, f">= {ge}"))
-    if gt is not None:
-        parts.append((value > gt, f"> {gt}"))
-    if le is not None:
-        parts.append((value <= le, f"<= {le}"))
-    if lt is not None:
-        parts.append((value < lt, f"< {lt}"))
-    failed = [text for ok, text in parts if not ok]
-    if failed:
-        bounds = " and ".join(text for _, text in parts)
-        raise ConfigError(f"{where} must be {bounds}, got {value!r}")
+    given = ((operator.ge, ">=", ge), (operator.gt, ">", gt), (operator.le, "<=", le), (operator.lt, "<", lt))
+    bounds = [(test, sign, bound) for test, sign, bound in given if bound is not None]
+    if not all(test(value, bound) for test, _, bound in bounds):
+        raise ConfigError(f"{where} must be {' and '.join(f'{sign} {b}' for _, sign, b in bounds)}, got {value!r}")

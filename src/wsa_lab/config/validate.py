@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
@@ -23,6 +22,7 @@ from wsa_lab.config.strict import MAX_SEED, structured, unknown_key_error
 from wsa_lab.errors import ConfigError
 from wsa_lab.run.startup import check_name, check_output_dir, check_secrets
 from wsa_lab.models import build_actor_critic
+from wsa_lab.trust import import_object
 
 ROOT_KEYS = (
     "name", "phase", "seed", "device", "deterministic", "ptm_count", "ptm", "env", "actor_critic", "algo", "logger",
@@ -135,10 +135,7 @@ def env_target(node: DictConfig) -> Callable[..., Any]:
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if not target:
         raise ConfigError("env: no _target_; choose an env config (env=coverage, env=gym env.id=...) or set env._target_")
-    try:
-        return get_object(str(target))
-    except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, ...: all mean "cannot find it"
-        raise ConfigError(f"env._target_={target!r} cannot be imported ({type(exc).__name__}: {exc})") from exc
+    return import_object(target, "env._target_")
 
 
 def _check_output_dir(out: Path) -> None:

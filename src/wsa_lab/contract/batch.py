@@ -10,7 +10,7 @@ joins them and :meth:`GraphBatch.select` draws PPO's minibatches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, Callable, Optional, Sequence
 
@@ -177,9 +177,6 @@ class GraphBatch:
     def to(self, device: str | torch.device, non_blocking: bool = False) -> GraphBatch:
         return self if self.x.device == torch.device(device) else self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def with_image(self, image: Optional[Tensor]) -> GraphBatch:
-        return replace(self, image=image)
-
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors (loads with ``torch.load(weights_only=True)``)."""
@@ -188,8 +185,3 @@ class GraphBatch:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: str | torch.device = "cpu") -> GraphBatch:
         return cls(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in state.items()})
-
-    # ------------------------------------------------------------------ per-graph helpers
-    def first_node(self) -> Tensor:
-        """(G,) global id of every graph's node 0 (local node ``i`` of graph ``g`` is ``ptr[g] + i``)."""
-        return self.ptr[:-1]

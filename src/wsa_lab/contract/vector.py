@@ -84,10 +84,7 @@ def specs(env: Any) -> tuple[ObservationSpec, ActionSpec]:
 
 # ---------------------------------------------------------------------------------------------- Gymnasium
 def _one_hot(values: np.ndarray, size: int) -> np.ndarray:
-    values = np.asarray(values, dtype=np.int64).reshape(-1)
-    out = np.zeros((values.shape[0], size), dtype=np.float32)
-    out[np.arange(values.shape[0]), values] = 1.0
-    return out
+    return np.eye(size, dtype=np.float32)[np.asarray(values, dtype=np.int64).reshape(-1)]
 
 
 class GymVectorGraphEnv:

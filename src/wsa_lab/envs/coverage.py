@@ -21,8 +21,8 @@ from torch import Tensor
 from wsa_lab.conf_files import yaml_defaults
 from wsa_lab.contract import GraphBatch
 
-from .geometry import squared_distances, within_radius
-from .instances import generate_instances, knn_neighbors
+from .geometry import MAX_CHUNK_ELEMENTS, squared_distances, uncovered_within, within_radius
+from .instances import KNN_MAX_BLOCK_ELEMENTS, generate_instances, knn_neighbors
 from .observation import NODE_FEATURE_DIM, knn_edge_index
 from .coverage_optimum import optimum_returns
 from .policies import greedy_returns, random_returns
@@ -36,17 +36,21 @@ REFERENCE_NAMES = ("greedy", "random")
 DEFAULTS: dict[str, Any] = yaml_defaults("env/coverage.yaml")
 
 
-def coverage_spaces(num_nodes: int, image_size: int) -> tuple[spaces.Dict, spaces.Dict]:
+def coverage_spaces(
+    num_nodes: int, image_size: int, coverage_radii: int = DEFAULTS["coverage_radii"]
+) -> tuple[spaces.Dict, spaces.Dict]:
     """The (observation, action) spaces of one coverage instance, in the graph env contract's form.
 
-    Observation: ``graph`` (node features ``(N, 6)``, one edge per kNN neighbour with its length as edge
-    feature), ``action_mask`` ``MultiBinary(N)``, ``positions`` ``(N, 2)``, ``image`` ``(3, H, W)``.
+    Observation: ``graph`` (node features ``(N, 6 + coverage_radii)``, one edge per kNN neighbour with its length
+    as edge feature), ``action_mask`` ``MultiBinary(N)``, ``positions`` ``(N, 2)``, ``image`` ``(3, H, W)``.
     Action: ``node`` ``Discrete(N)`` + ``radius`` ``Box(0, 1, (1,))``.
     """
     N = num_nodes
-    # demand * N is at most N (one node holding all demand); other features are in [0, 1].
-    high = np.ones(NODE_FEATURE_DIM, dtype=np.float32)
+    # demand * N and the uncovered demand * N within a radius are at most N (one node holding all demand); the
+    # other features are in [0, 1].
+    high = np.ones(NODE_FEATURE_DIM + coverage_radii, dtype=np.float32)
     high[0] = float(N)
+    high[NODE_FEATURE_DIM:] = float(N)
     graph = spaces.Graph(
         node_space=spaces.Box(0.0, high, dtype=np.float32),
         edge_space=spaces.Box(0.0, math.sqrt(2.0), (1,), dtype=np.float32),
@@ -83,6 +87,10 @@ class CoverageEnv:
         knn_k: neighbours per node in the observation graph.
         r_min, r_max: an action radius ``a`` maps to ``r_min + clamp(a, 0, 1) * (r_max - r_min)``.
         cost: price per squared radius.
+        coverage_radii: ``R`` node features after the six base ones: the uncovered demand (``* N``) within each of
+            ``R`` radii (action radii ``linspace(0, 1, R)``) of the node, i.e. what opening a site there would
+            cover: the kNN graph alone cannot show it (a radius of ``r_max`` reaches far beyond 8 neighbours).
+            0 = none. Costs ``O(B * N^2)`` per step, like the greedy reference.
         image_size: side of the rendered observation image.
         max_episode_steps: optional time limit; when ``< K`` an episode reaching it is
             truncated (not terminated).
@@ -96,7 +104,6 @@ class CoverageEnv:
             i.e. for the evaluation env.
     """
 
-    node_feature_dim: int = NODE_FEATURE_DIM
     reference_names: tuple[str, ...] = REFERENCE_NAMES
 
     def __init__(
@@ -111,6 +118,7 @@ class CoverageEnv:
         r_min: float = DEFAULTS["r_min"],
         r_max: float = DEFAULTS["r_max"],
         cost: float = DEFAULTS["cost"],
+        coverage_radii: int = DEFAULTS["coverage_radii"],
         image_size: int = DEFAULTS["image_size"],
         max_episode_steps: int | None = DEFAULTS["max_episode_steps"],
         greedy_radius_grid: int = DEFAULTS["greedy_radius_grid"],
@@ -142,6 +150,8 @@ class CoverageEnv:
             raise ValueError(f"r_min must be <= r_max, got r_min={r_min} > r_max={r_max}")
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
+        if isinstance(coverage_radii, bool) or not isinstance(coverage_radii, int) or coverage_radii < 0:
+            raise ValueError(f"coverage_radii must be an integer >= 0, got {coverage_radii!r}")
         if image_size < 8:
             raise ValueError(f"image_size must be >= 8, got {image_size}")
         if max_episode_steps is not None and max_episode_steps < 1:
@@ -159,6 +169,8 @@ class CoverageEnv:
         self.r_min = float(r_min)
         self.r_max = float(r_max)
         self.cost = float(cost)
+        self.coverage_radii = coverage_radii
+        self.node_feature_dim = NODE_FEATURE_DIM + coverage_radii
         self.image_size = image_size
         self.max_episode_steps = max_episode_steps
         self.greedy_radius_grid = greedy_radius_grid
@@ -177,18 +189,22 @@ class CoverageEnv:
     @classmethod
     def memory_estimate(
         cls, num_envs: int, num_nodes: int = DEFAULTS["num_nodes"], num_sites: int = DEFAULTS["num_sites"],
-        knn_k: int = DEFAULTS["knn_k"], image_size: int = DEFAULTS["image_size"], **_: Any,
+        knn_k: int = DEFAULTS["knn_k"], image_size: int = DEFAULTS["image_size"],
+        coverage_radii: int = DEFAULTS["coverage_radii"], **_: Any,
     ) -> dict[str, float]:
         """Bytes of one observation and of one env's state, and the peak of building `num_envs` at once (the kNN
         distances of a chunk of instances, N^2 floats each), for the start-up memory check (wsa_lab.resources)."""
         N, k, H, K = max(1, num_nodes), max(0, knn_k), max(1, image_size), max(1, num_sites)  # the env names bad sizes
-        observation = N * NODE_FEATURE_DIM * 4 + N * k * (2 * 8 + 4) + N + N * 2 * 4 + 3 * H * H * 4 + 32
+        observation = N * (NODE_FEATURE_DIM + coverage_radii) * 4 + N * k * (2 * 8 + 4) + N + N * 2 * 4 + 3 * H * H * 4 + 32
         state = N * (2 * 4 + 4 + k * 8 + 1 + 1 + 4) + 40
-        chunk = max(1, min(64, 2**24 // (N * N)))
-        knn = chunk * N * N * (4 + 1 + 8)  # cdist (float32), the diagonal mask, topk's workspace
+        chunk = max(1, min(64, KNN_MAX_BLOCK_ELEMENTS // (N * N)))  # as knn_neighbors blocks its work
+        block = chunk * max(1, min(N, KNN_MAX_BLOCK_ELEMENTS // N)) * N
+        knn = block * (4 + 8)  # knn_neighbors' distance block (float32) and topk's workspace
         sampling = num_envs * N * 2 * 4 * 6  # generate_instances' temporaries
         discs = num_envs * min(K, N) * H * H * 4 * 3  # render_image: dx, dy, inside per site
-        return {"observation": observation, "state": state, "nodes": N, "transient": knn + sampling + discs,
+        sites = max(1, min(N, MAX_CHUNK_ELEMENTS // (num_envs * N)))
+        gains = num_envs * sites * N * (4 + 8 + 4) if coverage_radii else 0  # uncovered_within: sq, bucket, expand
+        return {"observation": observation, "state": state, "nodes": N, "transient": knn + sampling + max(discs, gains),
                 "image_pixels": H * H}
 
     # ------------------------------------------------------------------ helpers
@@ -225,11 +241,11 @@ class CoverageEnv:
     @property
     def single_observation_space(self) -> spaces.Dict:
         """The observation space of one env of the batch (graph env contract), at the default size."""
-        return coverage_spaces(self._default_num_nodes, self.image_size)[0]
+        return coverage_spaces(self._default_num_nodes, self.image_size, self.coverage_radii)[0]
 
     @property
     def single_action_space(self) -> spaces.Dict:
-        return coverage_spaces(self._default_num_nodes, self.image_size)[1]
+        return coverage_spaces(self._default_num_nodes, self.image_size, self.coverage_radii)[1]
 
     @property
     def generator(self) -> torch.Generator:
@@ -291,7 +307,8 @@ class CoverageEnv:
         """Observation of the current state as a :class:`~wsa_lab.contract.GraphBatch` of B graphs.
 
         Node features per node: ``(demand * N, covered, is_site, x, y, (K - t) / K)`` (``demand * N`` has
-        mean 1 over an instance's nodes); edges: node ``i`` receives one edge from each of its k nearest
+        mean 1 over an instance's nodes), then ``coverage_radii`` columns: the uncovered demand ``* N`` within each
+        radius of the node (what a site there would cover); edges: node ``i`` receives one edge from each of its k nearest
         neighbours (grouped by target, so ``in_degree = k``), edge feature = the neighbour's distance; mask:
         nodes that are not yet a site; image: demand density, covered demand density, union of coverage discs.
         """
@@ -308,6 +325,10 @@ class CoverageEnv:
             ],
             dim=-1,
         )
+        if self.coverage_radii:
+            r = self.physical_radius(torch.linspace(0.0, 1.0, self.coverage_radii, device=self.device))
+            uncovered = self.demand * (~self.covered).float()
+            node_features = torch.cat([node_features, uncovered_within(self.pos, uncovered, r * r) * N], dim=-1)
         image = render_image(
             self.pos, self.demand, self.covered, self.site_radius, self.image_size, self.num_sites
         )
@@ -316,7 +337,7 @@ class CoverageEnv:
         edge_length = (neighbor_pos - self.pos.unsqueeze(2)).norm(dim=-1)  # [B, N, k]
         device = self.device
         return GraphBatch(
-            x=node_features.reshape(B * N, NODE_FEATURE_DIM),
+            x=node_features.reshape(B * N, self.node_feature_dim),
             edge_index=knn_edge_index(self.neighbors),
             ptr=torch.arange(0, B * N + 1, N, device=device),
             edge_ptr=torch.arange(0, B * N * k + 1, N * k, device=device),
@@ -430,7 +451,7 @@ class CoverageEnv:
         instances = (self.pos.clone(), self.demand.clone())
         copy = CoverageEnv(
             num_envs=self.num_envs, num_nodes=self.num_nodes, num_sites=self.num_sites, knn_k=self.knn_k,
-            r_min=self.r_min, r_max=self.r_max, cost=self.cost, image_size=self.image_size,
+            r_min=self.r_min, r_max=self.r_max, cost=self.cost, image_size=self.image_size, coverage_radii=0,
             max_episode_steps=self.max_episode_steps, autoreset=False, device=self.device, seed=self.seed,
         )
         references = {

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 CACHE_ENV = "WSA_LAB_OPTIMUM_CACHE"
 #: Seconds the solver may spend on one instance; an instance not proven optimal by then drops the reference.
 TIME_LIMIT_S = 120.0
+#: The largest ``num_nodes`` solved: the MILP has up to ``N^2`` variables; measured here (SCIP, 1 thread), 50 nodes
+#: take 0.3-0.7 s per instance, 100 nodes 2-7 s, 200 nodes ~10 s (32 instances: ~5 min, once); larger graphs would
+#: need hours and ``N^2`` floats of radii per instance, so they get one log line and no optimum.
+MAX_NODES = 200
 #: Bumped when the model or the cache format changes: older files are then ignored.
 _CACHE_VERSION = 1
 
@@ -72,6 +76,11 @@ def optimum_returns(env: CoverageState, instances: tuple[Tensor, Tensor], time_l
     ``env`` is a scratch env with the reward's settings (it is reset to ``instances`` and played); the value is
     its return when the optimal plans are replayed.
     """
+    if instances[0].shape[1] > MAX_NODES:
+        log.warning("coverage env: no optimum reference: the exact optimum is solved for graphs of up to %d nodes "
+                    "(this env has %d); set env.optimum_reference=false to skip it without this line",
+                    MAX_NODES, instances[0].shape[1])
+        return None
     env.reset(instances=instances)
     path = cache_dir() / f"{_cache_key(env)}.json"
     plans = _read_cache(path, env.num_envs)

@@ -44,7 +44,7 @@ class CoverageGymEnv(gymnasium.Env):
         self.env = CoverageEnv(num_envs=1, autoreset=False, device="cpu", seed=seed, **settings)
         self._np_random, self._np_random_seed = seeding.np_random(seed)
 
-        self.observation_space, self.action_space = coverage_spaces(self.env.num_nodes, self.env.image_size)
+        self.observation_space, self.action_space = coverage_spaces(self.env.num_nodes, self.env.image_size, self.env.coverage_radii)
 
     reference_names = REFERENCE_NAMES
 

@@ -7,7 +7,7 @@ from torch import Tensor
 
 # Upper bound on the elements of one chunk's [chunk, N, N] distance matrix (64 MiB of float32):
 # keeps knn_neighbors' memory bounded for large N whatever chunk_size the caller passes.
-_KNN_MAX_CHUNK_ELEMENTS = 2**24
+KNN_MAX_BLOCK_ELEMENTS = 2**24
 
 
 def generate_instances(
@@ -72,8 +72,8 @@ def knn_neighbors(pos: Tensor, k: int, chunk_size: int = 64) -> Tensor:
     """Indices of the ``k`` nearest other nodes of every node (no self loops).
 
     Pure torch (``cdist`` + ``topk``) because PyG's ``knn_graph`` needs pyg-lib.
-    Works over chunks of instances so memory is ``O(chunk * N^2)``; the chunk is also
-    capped so one chunk's distance matrix stays below ~64 MiB for large ``N``.
+    Works over chunks of instances (and, for large ``N``, blocks of rows) so one block's distance matrix stays
+    below ~64 MiB whatever ``N``.
     Neighbours are ordered by increasing distance.
 
     Shapes:
@@ -88,13 +88,17 @@ def knn_neighbors(pos: Tensor, k: int, chunk_size: int = 64) -> Tensor:
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    chunk = max(1, min(chunk_size, _KNN_MAX_CHUNK_ELEMENTS // (N * N)))
-    eye = torch.eye(N, dtype=torch.bool, device=pos.device)
+    chunk = max(1, min(chunk_size, KNN_MAX_BLOCK_ELEMENTS // (N * N)))
+    # Rows per block: all N unless one instance's N x N matrix alone passes the cap (20,000 nodes: 1.6 GB), then
+    # blocks of rows; each pair's distance is computed on its own (non-matmul mode), so blocks give the same bits.
+    rows = max(1, min(N, KNN_MAX_BLOCK_ELEMENTS // N))
     out = torch.empty(B, N, k, dtype=torch.long, device=pos.device)
     for start in range(0, B, chunk):
         p = pos[start : start + chunk]
-        # The non-matmul mode is exact, so near-ties resolve the same way as a brute force.
-        dist = torch.cdist(p, p, compute_mode="donot_use_mm_for_euclid_dist")
-        dist.masked_fill_(eye, float("inf"))
-        out[start : start + chunk] = dist.topk(k, dim=-1, largest=False).indices
+        for first in range(0, N, rows):
+            # The non-matmul mode is exact, so near-ties resolve the same way as a brute force.
+            dist = torch.cdist(p[:, first : first + rows], p, compute_mode="donot_use_mm_for_euclid_dist")
+            own = torch.arange(first, min(first + rows, N), device=pos.device)
+            dist[:, torch.arange(len(own), device=pos.device), own] = float("inf")  # no self loops
+            out[start : start + chunk, first : first + rows] = dist.topk(k, dim=-1, largest=False).indices
     return out

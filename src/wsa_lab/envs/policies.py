@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, Protocol
 import torch
 from torch import Tensor
 
-from .geometry import squared_distances
+from .geometry import uncovered_within
 from wsa_lab.contract import GraphBatch
 
 
@@ -45,9 +45,6 @@ class CoverageState(Protocol):
 
 Policy = Callable[[GraphBatch, CoverageState], tuple[Tensor, Tensor]]
 
-# Upper bound on the elements of greedy_action's per-chunk [B, chunk, N] tensors (~4M).
-_GREEDY_MAX_CHUNK_ELEMENTS = 2**22
-
 
 def random_action(env: CoverageState, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Uniform node among the unmasked ones, uniform action radius in ``[0, 1]``.
@@ -66,8 +63,8 @@ def random_action(env: CoverageState, generator: torch.Generator) -> tuple[Tenso
 def greedy_action(env: CoverageState, radius_grid: int = 11) -> tuple[Tensor, Tensor]:
     """Action with the best immediate reward over unmasked sites x ``linspace(0, 1, radius_grid)``.
 
-    Candidate sites are processed in chunks so memory stays bounded for large N.
-    Ties go to the lowest site index, then the lowest radius.
+    Gains come from :func:`uncovered_within` (chunked: bounded memory for large N). Ties go to the lowest site
+    index, then the lowest radius.
 
     Shapes:
         - output: node ``[B]`` long, radius ``[B]`` float32 (action radius in ``[0, 1]``)
@@ -83,25 +80,10 @@ def greedy_action(env: CoverageState, radius_grid: int = 11) -> tuple[Tensor, Te
     uncovered = env.demand * (~env.covered).float()  # [B, N]
     mask = env.action_mask
 
-    best_score = torch.full((B,), -float("inf"), device=device)
-    best_flat = torch.zeros(B, dtype=torch.long, device=device)  # site * R + radius index
-    chunk = max(1, min(N, _GREEDY_MAX_CHUNK_ELEMENTS // (B * N)))
-    for start in range(0, N, chunk):
-        stop = min(N, start + chunk)
-        sq = squared_distances(env.pos[:, start:stop], env.pos)  # [B, c, N]
-        # Smallest grid radius covering each node (R = never): node covered by radius j
-        # iff bucket <= j, exactly the test sq <= r_sq[j]. Histogram + cumsum gives the gain
-        # of every radius in O(B*c*N) instead of O(B*c*N*R).
-        bucket = torch.bucketize(sq, r_sq)
-        hist = torch.zeros(B, stop - start, R + 1, device=device)
-        hist.scatter_add_(2, bucket, uncovered.unsqueeze(1).expand_as(sq))
-        gain = hist[..., :R].cumsum(dim=2)  # [B, c, R]
-        score = (gain - penalty).masked_fill(~mask[:, start:stop, None], -float("inf"))
-        # max returns the first maximum: lowest site, then lowest radius within this chunk.
-        chunk_score, chunk_flat = score.reshape(B, -1).max(dim=1)
-        better = chunk_score > best_score  # strict: earlier chunks win ties
-        best_score = torch.where(better, chunk_score, best_score)
-        best_flat = torch.where(better, chunk_flat + start * R, best_flat)
+    gain = uncovered_within(env.pos, uncovered, r_sq)  # [B, N, R]
+    score = (gain - penalty).masked_fill(~mask[:, :, None], -float("inf"))
+    # max returns the first maximum: lowest site, then lowest radius.
+    best_flat = score.reshape(B, N * R).argmax(dim=1)
     return best_flat // R, grid[best_flat % R]
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -13,7 +14,7 @@ from wsa_lab.contract import ActionSpec, GraphBatch, ObservationSpec
 from wsa_lab.models.actors import ActorFeatures, StandardActor, WSAEnhancedActor
 from wsa_lab.models.encoders import StateEncoder
 from wsa_lab.models.attention import build_attention
-from wsa_lab.models.fusion import STATE_ENCODER, FusedFeatures, MultiPTMFeatureExtractor
+from wsa_lab.models.fusion import STATE_ENCODER, Ablation, FusedFeatures, MultiPTMFeatureExtractor
 from wsa_lab.models.gpu import GPUConfig, accelerated, autocast, prepare_cnn_bodies
 from wsa_lab.models.heads import HybridAction, HybridActionHead, mlp
 from wsa_lab.models.inputs import StateInputs
@@ -156,6 +157,15 @@ class ActorCritic(nn.Module):
         """Hold the attention weights at exactly 1/P (the warm-up of `uniform_warmup_steps`), or release them."""
         if self.attention is not None:
             self.attention.set_hold_uniform(hold)
+
+    @contextmanager
+    def ablated(self, ablation: Ablation) -> Iterator[None]:
+        """Every forward pass inside the block runs with one PTM ablated (see
+        :meth:`~wsa_lab.models.fusion.MultiPTMFeatureExtractor.ablated`); nothing is changed after it."""
+        if not self.uses_wsa:
+            raise ConfigError("PTM ablation needs a WSA agent; this one is the Standard Actor (no PTMs, no attention)")
+        with self.actor.extractor.ablated(ablation):
+            yield
 
     def cnn_bodies(self) -> list[nn.Module]:
         """The ResNet bodies (where `channels_last` and `compile` apply)."""

@@ -34,7 +34,8 @@ Two knobs every variant has:
       and :math:`z` = the mean of the features, whatever the scorer says (the warm-up knob).
 
 :func:`feature_similarity` and :func:`feature_norm_imbalance` are the "are the PTM features diverse /
-balanced" checks.
+balanced" checks; :func:`state_dependence` measures how much the weights differ between states (the design's
+"meaningful" pattern); :func:`renormalise_without` is the weights of a PTM ablation (one PTM removed).
 """
 
 from __future__ import annotations
@@ -509,3 +510,55 @@ def feature_norm_imbalance(features: Tensor) -> float:
     if low == 0.0:
         return math.inf if high > 0.0 else 1.0
     return high / low
+
+
+# -- state dependence and ablation ----------------------------------------------------------------------
+
+
+class StateDependence(NamedTuple):
+    state_std: float  # mean over PTMs of each weight's std across the states
+    top_switch: float  # share of states whose largest weight is not the PTM with the largest mean weight
+
+
+def state_dependence(weights: Tensor) -> StateDependence:
+    r"""How much the attention differs between S states ("Meaningful: different states -> different attention").
+
+    .. math::
+        \mathrm{state\_std} = \frac{1}{P} \sum_i \operatorname{std}_s w_{si}, \qquad
+        \mathrm{top\_switch} = \frac{1}{S} \big|\{ s : \arg\max_i w_{si} \ne \arg\max_i \bar w_i \}\big|
+
+    (population std; ties go to the lowest index, as ``torch.argmax``). A state-blind attention (the same
+    weights in every state) gives 0 and 0; one that routes states to different PTMs gives both > 0.
+    ``top_switch`` alone is not a verdict: near-uniform weights with tiny jitter switch their argmax at random.
+
+    Shapes:
+        - input: weights :math:`(S, P)`
+        - output: two Python floats (0 for a single state)
+    """
+    if weights.dim() != 2:
+        raise ValueError(f"weights must be (S, P), got {tuple(weights.shape)}")
+    w = weights.detach().to(torch.float64)
+    if w.shape[0] < 2:
+        return StateDependence(0.0, 0.0)
+    std = w.std(dim=0, unbiased=False).mean().item()
+    top = w.mean(dim=0).argmax()
+    return StateDependence(std, (w.argmax(dim=1) != top).to(torch.float64).mean().item())
+
+
+def renormalise_without(weights: Tensor, index: int) -> Tensor:
+    r"""Attention weights with PTM `index` removed: :math:`w_i = 0`, the others rescaled to sum to 1,
+    :math:`w'_j = w_j / \sum_{k \ne i} w_k`. A row whose other weights are all 0 gets them uniform (the removed
+    PTM held all the attention: nothing says how to share it).
+
+    Shapes:
+        - input: weights :math:`(B, P)`, :math:`P \ge 2`
+        - output: :math:`(B, P)`
+    """
+    if weights.dim() != 2 or weights.shape[1] < 2 or not 0 <= index < weights.shape[1]:
+        raise ValueError(f"need (B, P>=2) weights and 0 <= index < P; got {tuple(weights.shape)}, index {index}")
+    keep = torch.ones(weights.shape[1], dtype=weights.dtype, device=weights.device)
+    keep[index] = 0.0
+    kept = weights * keep
+    total = kept.sum(dim=-1, keepdim=True)
+    uniform = keep / (weights.shape[1] - 1)
+    return torch.where(total > 0, kept / torch.where(total > 0, total, torch.ones_like(total)), uniform.expand_as(kept))

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import inspect
 import logging
+import pkgutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +46,7 @@ from torch_geometric.nn import global_max_pool, global_mean_pool
 from wsa_lab.errors import ConfigError
 from wsa_lab.models.encoders import GraphCNN
 from wsa_lab.trust import check_module_factory
-from wsa_lab.weights.files import load_module_weights
+from wsa_lab.weights.files import load_module_weights, one_line
 from wsa_lab.weights.load import build_torchvision, checkpoint_supplies_weights
 from wsa_lab.weights.names import is_torchvision_model, torchvision_models, torchvision_weights
 
@@ -230,16 +231,24 @@ def _tiny_graphs(node_dim: int, edge_dim: int) -> tuple[Tensor, Tensor, Optional
     return x, edge_index, edge_attr, torch.tensor([0, 0, 0, 1, 1])
 
 
-def _probe(module: nn.Module, run: Callable[[], Tensor], who: str, what: str) -> Tensor:
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode (no dropout, batch-norm statistics frozen) inside the block, its previous mode restored
+    after."""
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
-            out = run()
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's module on a valid input is a config problem
-        raise ConfigError(f"{who} failed on a test batch ({what}): {type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+        yield module
     finally:
         module.train(was_training)
+
+
+def _probe(module: nn.Module, run: Callable[[], Tensor], who: str, what: str) -> Tensor:
+    try:
+        with eval_mode(module), torch.no_grad():
+            out = run()
+    except Exception as exc:  # noqa: BLE001 - any failure of the user's module on a valid input is a config problem
+        raise ConfigError(f"{who} failed on a test batch ({what}): {one_line(exc)}") from exc
     if not isinstance(out, Tensor):
         raise ConfigError(f"{who} returned a {type(out).__name__} on a test batch ({what}); it must return one tensor")
     return out
@@ -265,8 +274,7 @@ def _pyg(spec: Any, node_dim: int, edge_dim: int, hidden_default: int) -> Backbo
             num_layers=spec.num_layers or DEFAULT_PYG_LAYERS, **kwargs,
         )
     except (TypeError, ValueError, AssertionError) as exc:
-        why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        raise ConfigError(f"{who}: PyG's {name} rejected its arguments ({why}); see the PTM's kwargs") from exc
+        raise ConfigError(f"{who}: PyG's {name} rejected its arguments ({one_line(exc)}); see the PTM's kwargs") from exc
     if spec.weights_path and not checkpoint_supplies_weights():
         load_module_weights(module, spec.weights_path, who, spec.made_by)
     graph_kwargs = ("batch", *(("edge_attr",) if uses_edge_attr else ()))
@@ -277,15 +285,11 @@ def _pyg(spec: Any, node_dim: int, edge_dim: int, hidden_default: int) -> Backbo
 
 
 def import_target(target: str, who: str) -> Callable[..., Any]:
-    """``package.module.attr`` or ``package.module:attr`` -> the object, or a one-line ConfigError."""
-    module_name, sep, attr = target.partition(":") if ":" in target else target.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigError(f"{who}: target {target!r} must be a dotted path to a callable, e.g. my_encoders.SmallCNN")
+    """``package.module.attr`` or ``package.module:attr`` (:func:`pkgutil.resolve_name`) -> the object, or a
+    one-line ConfigError."""
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+        obj: Any = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(
             f"{who}: target {target!r} cannot be imported ({type(exc).__name__}: {exc}); is its package on "
             "PYTHONPATH (or pip-installed)?"

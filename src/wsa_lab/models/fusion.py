@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from wsa_lab.errors import ConfigError
-from wsa_lab.models.attention import FusionAttention
+from wsa_lab.models.attention import FusionAttention, renormalise_without
 from wsa_lab.models.inputs import StateInputs
 from wsa_lab.models.ptm import PreTrainedModelWrapper, make_adapter
 
 FUSION_MODES = ("wsa", "mean", "concat")
 #: `actor_critic.wsa.context`: where the attention's state context comes from (else: a PTM's name).
 STATE_ENCODER = "state_encoder"
+
+
+#: `Ablation.mode`: "remove" (its attention weight 0, the others renormalised) or "mean" (its feature replaced by a
+#: fixed vector, e.g. its mean over held-out states: what it says about *this* state is gone, its scale stays).
+ABLATION_MODES = ("remove", "mean")
+
+
+class Ablation(NamedTuple):
+    """One PTM taken out of the fusion (see :meth:`MultiPTMFeatureExtractor.ablated`)."""
+
+    ptm: int  # the PTM's index in the extractor's order
+    mode: str  # one of ABLATION_MODES
+    feature: Optional[Tensor] = None  # (F,) the adapted feature that replaces the PTM's own ("mean" only)
 
 
 class FusedFeatures(NamedTuple):
@@ -37,6 +51,12 @@ class MultiPTMFeatureExtractor(nn.Module):
     `context_adapter`: the WSA paper's "frozen encoder as the query".
 
     Frozen PTMs whose backbone output is in ``inputs.cached_features`` only run their adapter.
+
+    **Ablation** (:meth:`ablated`, for evaluation: how much does the policy need each PTM): ``remove`` sets one
+    PTM's weight to 0 and renormalises the others (:func:`~wsa_lab.models.attention.renormalise_without`), the
+    fused feature recomputed from those weights; ``mean`` replaces its adapted feature by a fixed vector before
+    the attention scores it. The attention's context (the StateEncoder's, or a context PTM's backbone output)
+    is left as it is.
 
     Shapes:
         - input: :class:`StateInputs` of B states, context :math:`(B, C)`
@@ -68,7 +88,32 @@ class MultiPTMFeatureExtractor(nn.Module):
         self.context_adapter = (
             make_adapter(ptms[context_ptm].out_dim, context_dim, adapter) if context_ptm is not None else None
         )
+        self.feature_dim = feature_dim
         self.out_dim = feature_dim * len(ptms) if fusion == "concat" else feature_dim
+        self.ablation: Optional[Ablation] = None  # set only inside `ablated()`; never saved
+
+    @contextmanager
+    def ablated(self, ablation: Ablation) -> Iterator[None]:
+        """Forward passes inside the block run with `ablation` applied; the extractor is restored on exit."""
+        self._check_ablation(ablation)
+        previous, self.ablation = self.ablation, ablation
+        try:
+            yield
+        finally:
+            self.ablation = previous
+
+    def _check_ablation(self, ablation: Ablation) -> None:
+        p = len(self.ptms)
+        if ablation.mode not in ABLATION_MODES:
+            raise ValueError(f"ablation mode must be one of {ABLATION_MODES}, got {ablation.mode!r}")
+        if not 0 <= ablation.ptm < p:
+            raise ValueError(f"ablation PTM index {ablation.ptm} out of range for {p} PTMs")
+        if self.fusion == "concat" or (ablation.mode == "remove" and p < 2):
+            raise ConfigError(
+                f"PTM ablation needs attention weights over >= 2 PTMs; this agent has fusion {self.fusion!r} over {p}"
+            )
+        if ablation.mode == "mean" and (ablation.feature is None or ablation.feature.shape != (self.feature_dim,)):
+            raise ValueError("a 'mean' ablation needs the replacing feature, shape (feature_dim,)")
 
     @property
     def frozen_indices(self) -> list[int]:
@@ -84,6 +129,10 @@ class MultiPTMFeatureExtractor(nn.Module):
         cached = inputs.cached_features or {}  # frozen PTMs found here skip their backbone
         raw = [ptm.backbone_output(inputs, cached.get(i)) for i, ptm in enumerate(self.ptms)]
         features = torch.stack([ptm.adapter(r) for ptm, r in zip(self.ptms, raw)], dim=1)  # (B, P, F)
+        ablation = self.ablation
+        if ablation is not None and ablation.mode == "mean":
+            features = features.clone()
+            features[:, ablation.ptm] = ablation.feature.to(features)
         if self.fusion == "wsa":
             if self.context_adapter is not None:
                 context = self.context_adapter(raw[self.context_ptm].detach())
@@ -93,4 +142,7 @@ class MultiPTMFeatureExtractor(nn.Module):
             weights = torch.full(features.shape[:2], 1.0 / features.shape[1], device=features.device)
         else:
             fused, weights = features.flatten(1), None
+        if ablation is not None and ablation.mode == "remove":
+            weights = renormalise_without(weights, ablation.ptm)
+            fused = torch.einsum("bp,bpf->bf", weights, features)
         return FusedFeatures(fused, features, weights)

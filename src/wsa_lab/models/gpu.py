@@ -18,6 +18,7 @@ that sets them runs unchanged on a laptop. What they do:
 
 from __future__ import annotations
 
+import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ContextManager, Iterable, Optional
@@ -30,6 +31,7 @@ from wsa_lab.errors import ConfigError
 #: Device types the options act on. Tests add "cpu" to run the same code paths without a GPU.
 ACCELERATED_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
 AMP_DTYPES = {"bf16": torch.bfloat16}
+_compiled: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # bodies `prepare_cnn_bodies` compiled
 
 
 @dataclass
@@ -68,8 +70,9 @@ def prepare_cnn_bodies(bodies: Iterable[nn.Module], cfg: GPUConfig, device: torc
     for body in bodies:
         if cfg.nhwc:
             body.to(memory_format=torch.channels_last)  # keeps the Parameter objects (optimisers stay valid)
-        if cfg.compile and getattr(body, "_compiled_call_impl", None) is None:
+        if cfg.compile and body not in _compiled:  # compiled once: a second compile() would compile again
             body.compile()
+            _compiled.add(body)
 
 
 def to_host(tensor: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from wsa_lab.models.attention import feature_norm_imbalance, feature_similarity
+from wsa_lab.models.attention import feature_norm_imbalance, feature_similarity, state_dependence
 from wsa_lab.models.fusion import FusedFeatures
 from wsa_lab.models.gpu import to_host
 
@@ -24,7 +24,8 @@ class RolloutRecord:
 
     Args:
         ptm_names: the PTMs' names, in the extractor's order (unique), for the pairwise metrics.
-        log_attention: report ``wsa/attention_weights_<i>`` and ``wsa/attention_entropy``.
+        log_attention: report ``wsa/attention_weights_<i>``, ``wsa/attention_entropy`` and the state dependence
+            (``wsa/attention_state_std``, ``wsa/attention_top_switch``).
         log_features: report the feature norms, similarities and norm imbalance.
     """
 
@@ -59,7 +60,10 @@ class RolloutRecord:
         """The rollout's WSA monitoring metrics over its states (and :attr:`last_attention`); the per-state
         weights and features are dropped once summarised.
 
-        ``wsa/attention_weights_<i>``, ``wsa/attention_entropy``, ``wsa/feature_norms_<i>``, and the
+        ``wsa/attention_weights_<i>``, ``wsa/attention_entropy``, the state dependence next to the means
+        (:func:`~wsa_lab.models.attention.state_dependence`: ``wsa/attention_state_std``, the mean over PTMs of each
+        weight's std across the rollout's states, and ``wsa/attention_top_switch``, the share of states whose top PTM
+        is not the rollout's), ``wsa/feature_norms_<i>``, and the
         troubleshooting checks: ``wsa/feature_similarity/<a>__<b>`` (mean cosine similarity of two PTMs' adapted
         features, state by state: "features are diverse"), ``wsa/feature_cka/<a>__<b>`` (linear CKA over the
         states) and ``wsa/feature_norm_imbalance`` (largest / smallest mean feature norm: "norms are balanced").
@@ -73,6 +77,9 @@ class RolloutRecord:
                     stats[f"wsa/attention_weights_{i}"] = w
                 entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)
                 stats["wsa/attention_entropy"] = entropy.mean().item()
+                spread = state_dependence(weights)
+                stats["wsa/attention_state_std"] = spread.state_std
+                stats["wsa/attention_top_switch"] = spread.top_switch
         if self.features and self.log_features:
             feats = torch.cat(self.features).float()  # (T*B, P, F)
             for i, n in enumerate(feats.norm(dim=-1).mean(0).tolist()):

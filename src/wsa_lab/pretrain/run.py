@@ -35,8 +35,8 @@ from wsa_lab.pretrain.collect import collect_states, images_of
 from wsa_lab.pretrain.objectives import OBJECTIVES, GraphInfomax, ImageAutoencoder
 from wsa_lab.config.strict import structured
 from wsa_lab.run.atomic import write_text_atomic
-from wsa_lab.run.checkpoint import load_latest, save_checkpoint, save_rotating
-from wsa_lab.run.folder import RunFolder, config_differences
+from wsa_lab.run.checkpoint import save_checkpoint, save_rotating
+from wsa_lab.run.folder import RunFolder
 from wsa_lab.run.signals import StopSignals
 from wsa_lab.run.startup import check_name
 from wsa_lab.seeding import seed_everything
@@ -91,11 +91,11 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     check_name(cfg.name)
     job_dir = Path(str(cfg.paths.pretrained_dir)).expanduser() / f".{cfg.name}"
-    with RunFolder(job_dir, hint=f"wait for it or choose another name than {cfg.name!r}"):
-        return _pretrain(cfg)
+    with RunFolder(job_dir, hint=f"wait for it or choose another name than {cfg.name!r}") as folder:
+        return _pretrain(cfg, folder)
 
 
-def _pretrain(cfg: DictConfig) -> dict[str, Any]:
+def _pretrain(cfg: DictConfig, folder: RunFolder) -> dict[str, Any]:
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"objective={cfg.objective!r}: choose one of {list(OBJECTIVES)}")
     budget = structured(PretrainBudget, cfg.pretrain, "pretrain")
@@ -104,14 +104,7 @@ def _pretrain(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(str(cfg.paths.pretrained_dir)).expanduser()
     job_dir = out_dir / f".{cfg.name}"
     snapshot = _snapshot(cfg)
-    found = load_latest(job_dir / "checkpoints") if cfg.get("resume", True) else None
-    if found is not None:
-        differences = config_differences(found[0]["config"], snapshot)
-        if differences:
-            raise ConfigError(
-                f"{job_dir} holds a pre-training checkpoint of another config ({'; '.join(differences[:4])}); use the "
-                "same settings, resume=false to start over, or another name"
-            )
+    found = folder.accept_resume(snapshot, cfg.get("resume", True), what="a pre-training checkpoint", other="name")
 
     seed_everything(cfg.seed)
     env = make_env(cfg, num_envs=budget.num_envs, seed=cfg.seed, device=device)

@@ -5,8 +5,10 @@ Reads only the run folders (`summary.json`, `metrics.jsonl`), so it works offlin
 `eval/<reference>_ratio`, or `eval/return` for an env without references; `--metric` overrides it). Per arm:
 seeds, final `eval/return` and headline metric as mean and IQM with 95% stratified-bootstrap CIs (rliable's
 definitions, fixed bootstrap seed), probability of improvement over a baseline arm (with >= 2 seeds per arm),
-attention-health verdicts; figures of learning curves, attention weights and compute. Failed and unfinished
-runs, and second copies of a run (same arm, seed and files), are listed, never averaged in.
+attention-health verdicts; figures of learning curves, attention weights and compute. Where the run folders hold
+them, the PTM instruments (:mod:`wsa_lab.report.instruments`): a PTM contribution table and plot from
+`ablation_<suite>.json`, and held-out states beside their per-PTM weights from `attention_states.json`. Failed and
+unfinished runs, and second copies of a run (same arm, seed and files), are listed, never averaged in.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from wsa_lab.report.analysis import (
     ArmStats, BootstrapSettings, Curve, arm_stats, attention_curves, choose_baseline, final_metrics, learning_curve,
     reference_gaps,
 )
+from wsa_lab.report.instruments import VARIANTS, Contribution, attention_samples, contributions
 from wsa_lab.report.runs import Run, headline_metric, load_runs, require_metrics
 
-__all__ = ["Report", "build_report", "write_report"]
+__all__ = ["Report", "build_report", "contribution_table", "write_report"]
 
 
 @dataclass
@@ -42,6 +45,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     gaps: dict[str, dict[str, stats.Estimate]] = field(default_factory=dict)  # policy -> reference -> gap
     figures: dict[str, Path] = field(default_factory=dict)
+    contributions: list[Contribution] = field(default_factory=list)  # per (arm, PTM), from ablation_<suite>.json
+    attention_samples: dict[str, Any] = field(default_factory=dict)  # arm -> (run, attention_states.json)
 
     @property
     def excluded(self) -> list[Run]:
@@ -78,6 +83,16 @@ def build_report(
         members = [r for r in runs if r.included and r.arm == arm]
         report.curves[arm] = {m: learning_curve(members, m, statistic, boot) for m in report.final_metrics}
         report.attention[arm] = attention_curves(members)
+    curves = [c for by_metric in report.curves.values() for c in by_metric.values() if c is not None]
+    if curves and all(len(c.steps) < 2 for c in curves):
+        steps = sorted({step for c in curves for step in c.steps})
+        report.notes.append(
+            f"no learning curves: every arm has a single evaluation (at step {', '.join(map(str, steps))}); a curve "
+            "needs at least two, e.g. evaluation.interval=1 or a larger algo.total_timesteps"
+        )
+    report.contributions, notes = contributions(runs, boot)
+    report.attention_samples, more = attention_samples(runs)
+    report.notes += notes + more
     return report
 
 
@@ -129,6 +144,20 @@ def gap_table(report: Report) -> list[list[str]]:
     order = [a for a in report.arms if a in report.gaps] + [p for p in report.gaps if p not in report.arms]
     for policy in order:  # the arms in the arm table's order, then the reference policies
         rows.append([policy, *(fmt_estimate(report.gaps[policy].get(ref)) for ref in refs)])
+    return rows
+
+
+def contribution_table(report: Report) -> list[list[str]]:
+    """Per arm and PTM: seeds, mean attention weight and contribution per ablation variant (IQM [95% CI]); empty
+    when no run folder holds an ablation file."""
+    if not report.contributions:
+        return []
+    rows = [["arm", "PTM", "seeds", "mean attention weight", "contribution: removed", "contribution: mean feature", "metric", "suite"]]
+    for c in report.contributions:
+        rows.append([
+            c.arm, c.ptm, str(len(c.seeds)), fmt_estimate(c.weight), *(fmt_estimate(c.contribution[v]) for v in VARIANTS),
+            c.metric, c.suite,
+        ])
     return rows
 
 
@@ -196,6 +225,13 @@ def render_markdown(report: Report, out_dir: Path, sources: list[str]) -> str:
     for note in report.notes:
         lines += [f"> Note: {note}", ""]
     lines += ["## Arms", "", markdown_table(arm_table(report)), ""]
+    if any(a.health for a in report.arms.values()):
+        lines += [
+            "Attention health: each run's final verdict (`wsa/health/verdict` in its summary.json) and how many of "
+            "the arm's runs had it, e.g. `balanced x3`; `unknown` = the run ended before "
+            "`logger.health.min_points` PPO iterations (default 5), too few to judge; `-` = no attention weights "
+            "(Standard Actor, or a fusion without them).", "",
+        ]
     if gaps := gap_table(report):
         lines += [
             "## Gap to each reference", "",
@@ -205,9 +241,21 @@ def render_markdown(report: Report, out_dir: Path, sources: list[str]) -> str:
             "(`reference/<name>_return` at step 0).", "",
             markdown_table(gaps), "",
         ]
+    if contribution := contribution_table(report):
+        lines += [
+            "## PTM contribution", "",
+            "From `python -m wsa_lab.evaluate <runs> ablate=true` (`ablation_<suite>.json`): contribution = the "
+            "deterministic agent's headline metric minus that of the agent with the PTM ablated, on the held-out "
+            "episodes (> 0: the policy needs it); removed = its attention weight set to 0, the others renormalised; "
+            "mean feature = its feature replaced by its mean over the held-out states. Per run each number is the "
+            "mean over the suite's conditions; cells are the IQM over seeds [95% CI].", "",
+            markdown_table(contribution), "",
+        ]
     titles = {
         "learning_curves": "## Learning curves",
         "attention": "## Attention weight evolution",
+        "attention_states": "## Where each PTM is used (held-out states, `attention_states.json`)",
+        "contribution": "## Attention weight vs contribution",
         "compute": "## Wall-clock time and throughput",
     }
     for key, title in titles.items():
@@ -249,6 +297,12 @@ def report_json(report: Report) -> dict[str, Any]:
         ],
         "notes": report.notes,
         "gaps": {p: {ref: _estimate_json(e) for ref, e in row.items()} for p, row in report.gaps.items()},
+        "contributions": [
+            {"arm": c.arm, "ptm": c.ptm, "suite": c.suite, "metric": c.metric, "seeds": c.seeds,
+             "mean_weight": _estimate_json(c.weight), **{v: _estimate_json(e) for v, e in c.contribution.items()},
+             "per_seed": c.per_seed}
+            for c in report.contributions
+        ],
     }
 
 
@@ -262,6 +316,8 @@ def write_report(report: Report, out_dir: Path, sources: list[str], plots: bool 
             "learning_curves": p.learning_curves(report.curves, list(report.final_metrics), report.curve_statistic, out_dir / "learning_curves.png"),
             "attention": p.attention_evolution(report.attention, out_dir / "attention.png"),
             "compute": p.compute_cost(report.arms, out_dir / "compute.png"),
+            "attention_states": p.attention_states(report.attention_samples, out_dir / "attention_states.png"),
+            "contribution": p.contribution_plot(report.contributions, out_dir / "contribution.png"),
         }
         report.figures = {k: v for k, v in figures.items() if v is not None}
     md = out_dir / "report.md"

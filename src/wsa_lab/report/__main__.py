@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from wsa_lab.errors import WsaLabError, print_error
 from wsa_lab.run.atomic import output_error
-from wsa_lab.report import arm_table, build_report, gap_table, text_table, write_report
+from wsa_lab.report import arm_table, build_report, contribution_table, gap_table, text_table, write_report
 from wsa_lab.report.analysis import BootstrapSettings
 
 
@@ -72,6 +72,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if gaps := gap_table(report):
         print("\ngap to each reference (1 - ratio; job shop: the makespan gap)")
         print(text_table(gaps))
+    if contribution := contribution_table(report):
+        print("\nPTM contribution (headline metric of the agent minus the ablated agent; IQM over seeds [95% CI])")
+        print(text_table(contribution))
     for run in report.excluded:
         print(f"left out: {run.path} ({run.problem})")
     for note in report.notes:

@@ -141,10 +141,12 @@ class RunFolder:
         self.close()
 
     def accept_resume(
-        self, snapshot: dict[str, Any], resume: bool, required: tuple[str, ...] = ()
+        self, snapshot: dict[str, Any], resume: bool, required: tuple[str, ...] = (), what: str = "a checkpoint",
+        other: str = "hydra.run.dir",
     ) -> Checkpoint | None:
         """The checkpoint this run continues from (None: a fresh start), or a ConfigError refusing a checkpoint of
-        another config. Reads only: nothing in the folder is written before the run is accepted."""
+        another config (`what`; `other`: what the user may choose instead of this folder). Reads only: nothing in
+        the folder is written before the run is accepted."""
         if not resume:
             return None
         found = load_latest(self.checkpoints, required=required)
@@ -153,9 +155,9 @@ class RunFolder:
         differences = config_differences(found[0]["config"], snapshot)
         if differences:
             raise ConfigError(
-                f"{self.path} holds a checkpoint of another config ({'; '.join(differences[:5])}"
+                f"{self.path} holds {what} of another config ({'; '.join(differences[:5])}"
                 f"{'; ...' if len(differences) > 5 else ''}); resume with the same settings, pass resume=false to "
-                "start over there, or choose another hydra.run.dir"
+                f"start over there, or choose another {other}"
             )
         return found
 

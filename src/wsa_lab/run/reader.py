@@ -44,16 +44,31 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _json_object(folder: Path, name: str, data: bytes) -> dict[str, Any]:
+    """The bytes of a run folder's JSON file `name` as a dict; RunFileError when they are not a JSON object."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFileError(folder, name, first_line(exc)) from exc
+    if not isinstance(value, dict):
+        raise RunFileError(folder, name, f"a {type(value).__name__}, not an object")
+    return value
+
+
 def read_summary_bytes(folder: Path) -> tuple[dict[str, Any], bytes]:
     """`summary.json` as a dict and its bytes; FileNotFoundError when absent, RunFileError when unreadable."""
     data = (folder / SUMMARY).read_bytes()
+    return _json_object(folder, SUMMARY, data), data
+
+
+def read_json(folder: Path, name: str) -> dict[str, Any] | None:
+    """A run folder's JSON file `name` (e.g. `eval_<suite>.json`, `ablation_<suite>.json`, `attention_states.json`)
+    as a dict; None when absent, RunFileError when unreadable."""
     try:
-        summary = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFileError(folder, SUMMARY, first_line(exc)) from exc
-    if not isinstance(summary, dict):
-        raise RunFileError(folder, SUMMARY, f"a {type(summary).__name__}, not an object")
-    return summary, data
+        data = (folder / name).read_bytes()
+    except FileNotFoundError:
+        return None
+    return _json_object(folder, name, data)
 
 
 def read_summary(folder: Path) -> dict[str, Any]:

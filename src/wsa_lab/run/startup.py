@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -119,15 +120,23 @@ def check_ptm_overrides(overrides: list[str]) -> None:
 
 
 def check_output_dir(path: Path, key: str) -> None:
-    """The folder can be created and written: not a file, and its nearest existing folder is writable."""
+    """The folder can be created and written: not a file, and a folder can be made in its nearest existing folder.
+
+    A trial folder is made and removed because permission bits do not tell: root may write anywhere by them, yet
+    /proc or a read-only mount refuses mkdir."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{key}={path} is a file, not a folder; choose another {key}")
     existing = path
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        where = "is not writable" if existing.is_dir() else "is not a folder"
-        raise ConfigError(f"cannot create or write the output folder {path}: {existing} {where}; set {key} to a writable folder")
+    where = "is not a folder"
+    if existing.is_dir():
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".wsa_lab_write_check_", dir=existing))
+            return
+        except OSError as exc:
+            where = f"does not accept a new folder ({exc.strerror or exc})"
+    raise ConfigError(f"cannot create or write the output folder {path}: {existing} {where}; set {key} to a writable folder")
 
 
 class StartupGuard(Callback):

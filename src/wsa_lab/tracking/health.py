@@ -19,6 +19,17 @@ and the state is the first that applies:
 
 `collapsed`, `noisy` and `static` are warning signs: one warning line is printed when the state changes.
 
+The design's third healthy pattern, "Meaningful: different states -> different attention distributions", is a
+second verdict on its own axis (an attention can be balanced on average and still give every state the same
+weights). Its input is the rollout's `wsa/attention_state_std` (mean over PTMs of each weight's std across the
+rollout's states) and `wsa/attention_top_switch` (share of states whose top PTM is not the rollout's top PTM):
+
+    meaningful   mean state_std over the window >= meaningful_state_std
+    state-blind  below it: one fixed mix of PTMs serves every state (the `mean` fusion with other weights)
+
+Logged as `wsa/health/meaningful` (1 or 0); the top-switch share is reported beside it, not judged: near-uniform
+weights with tiny jitter switch their argmax at random, so only the size of the differences decides.
+
 The troubleshooting checks ("features are diverse", "feature norms are balanced") are
 judged per iteration by :class:`FeatureHealth` from `wsa/feature_similarity/<a>__<b>` (mean cosine similarity of
 two PTMs' adapted features over the rollout's states) and `wsa/feature_norm_imbalance` (largest / smallest mean
@@ -43,6 +54,35 @@ STATES = ("balanced", "skewed", "collapsed", "static", "noisy")
 """Logged as `wsa/health/state` = the index in this tuple."""
 WARNING_STATES = ("collapsed", "static", "noisy")
 UNKNOWN = "unknown"  # fewer than `min_points` iterations seen
+STATE_DEPENDENCE = ("state-blind", "meaningful")
+"""Logged as `wsa/health/meaningful` = the index in this tuple."""
+STATE_STD_KEY, TOP_SWITCH_KEY = "wsa/attention_state_std", "wsa/attention_top_switch"
+
+
+@dataclass
+class StateDependenceReading:
+    """The state-dependence verdict of a window of (state_std, top_switch) pairs."""
+
+    verdict: str  # one of STATE_DEPENDENCE, or UNKNOWN
+    points: int
+    state_std: float = float("nan")  # window mean
+    top_switch: float = float("nan")  # window mean
+
+    def metrics(self) -> dict[str, float]:
+        return {} if self.verdict == UNKNOWN else {"wsa/health/meaningful": float(STATE_DEPENDENCE.index(self.verdict))}
+
+
+def classify_state_dependence(
+    window: np.ndarray | Sequence[Sequence[float]], cfg: HealthConfig
+) -> StateDependenceReading:
+    """Classify a (n, 2) window of per-iteration (state_std, top_switch), oldest first (see the module docstring)."""
+    w = np.asarray(window, dtype=float).reshape(-1, 2)
+    n = w.shape[0]
+    if n < cfg.min_points:
+        return StateDependenceReading(UNKNOWN, n)
+    std, switch = (float(v) for v in w.mean(0))
+    verdict = "meaningful" if std >= cfg.meaningful_state_std else "state-blind"
+    return StateDependenceReading(verdict, n, std, switch)
 
 
 @dataclass
@@ -109,13 +149,18 @@ class AttentionHealth:
         self.window: deque[np.ndarray] = deque(maxlen=cfg.window)
         self.reading: Optional[HealthReading] = None
         self.transitions: list[dict[str, Any]] = []  # [{"step", "state"}] each time the state changed
+        self.spread: deque[tuple[float, float]] = deque(maxlen=cfg.window)  # (state_std, top_switch) per iteration
+        self.dependence: Optional[StateDependenceReading] = None
 
     @property
     def state(self) -> str:
         return self.reading.state if self.reading else UNKNOWN
 
-    def update(self, weights: Sequence[float], step: int) -> dict[str, float]:
-        """Add one iteration's mean weights (P,); returns the metrics to log at `step`."""
+    def update(
+        self, weights: Sequence[float], step: int, spread: Optional[tuple[float, float]] = None
+    ) -> dict[str, float]:
+        """Add one iteration's mean weights (P,) and, when given, its state dependence (state_std, top_switch);
+        returns the metrics to log at `step`."""
         self.window.append(np.asarray(weights, dtype=float))
         previous = self.state
         self.reading = classify(np.stack(self.window), self.cfg)
@@ -123,17 +168,38 @@ class AttentionHealth:
             self.transitions.append({"step": int(step), "state": self.reading.state})
             if self.cfg.warn:
                 self._announce(previous, step)
-        return self.reading.metrics()
+        out = self.reading.metrics()
+        if spread is not None:
+            self.spread.append((float(spread[0]), float(spread[1])))
+            before = self.dependence.verdict if self.dependence else UNKNOWN
+            self.dependence = classify_state_dependence(list(self.spread), self.cfg)
+            if self.dependence.verdict not in (before, UNKNOWN) and self.cfg.warn:
+                log.info("attention at step %d: %s (was %s): %s", step, self.dependence.verdict, before,
+                         self.describe_dependence())
+            out.update(self.dependence.metrics())
+        return out
 
-    def replay(self, series: Sequence[tuple[int, Sequence[float]]]) -> None:
-        """Feed (step, weights) already logged by an earlier attempt of this run, silently: a resumed run
-        ends up in the same state, with the same transitions, as one that never stopped."""
+    def replay(self, series: Sequence[tuple[Any, ...]]) -> None:
+        """Feed (step, weights) or (step, weights, spread) already logged by an earlier attempt of this run, silently:
+        a resumed run ends up in the same state, with the same transitions, as one that never stopped."""
         warn, self.cfg.warn = self.cfg.warn, False
         try:
-            for step, weights in series:
-                self.update(weights, step)
+            for step, weights, *spread in series:
+                self.update(weights, step, *spread)
         finally:
             self.cfg.warn = warn
+
+    def describe_dependence(self) -> str:
+        """One sentence on the state dependence, with the numbers that decided it."""
+        r, cfg = self.dependence, self.cfg
+        if r is None or r.verdict == UNKNOWN:
+            return f"not enough iterations yet ({len(self.spread)} of {cfg.min_points})"
+        relation = ">=" if r.verdict == "meaningful" else "<"
+        return (
+            f"a PTM's weight differs between states by {r.state_std:.3f} on average (std over states, mean over PTMs; "
+            f"{relation} meaningful_state_std {cfg.meaningful_state_std}); the top PTM differs from the rollout's in "
+            f"{r.top_switch:.0%} of states; mean over the last {r.points} iterations"
+        )
 
     def describe(self) -> str:
         """One sentence on the current state, with the numbers that decided it."""
@@ -177,6 +243,12 @@ class AttentionHealth:
                 })
         warned = sorted({t["state"] for t in self.transitions if t["state"] in WARNING_STATES})
         out["wsa/health/warnings_seen"] = warned
+        d = self.dependence
+        if d is not None:
+            out["wsa/health/state_dependence"] = d.verdict
+            out["wsa/health/state_dependence_explanation"] = self.describe_dependence()
+            if d.verdict != UNKNOWN:
+                out.update({"wsa/health/state_std": d.state_std, "wsa/health/top_switch": d.top_switch})
         return out
 
 

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from wsa_lab.tracking.health import AttentionHealth, FeatureHealth
+from wsa_lab.tracking.health import STATE_STD_KEY, TOP_SWITCH_KEY, AttentionHealth, FeatureHealth
 from wsa_lab.tracking.metrics import MetricsWriter, read_metrics, write_json_atomic
 from wsa_lab.config.validate import logger_settings
 from wsa_lab.tracking.identity import Continuation, run_identity
@@ -61,21 +61,19 @@ class Tracker:
         record.update(self._by_name(metrics))
         weights = self._attention_vector(metrics)
         if self.health is not None and weights is not None:
-            record.update(self.health.update(weights, step))
+            record.update(self.health.update(weights, step, self._spread(metrics)))
         if self.feature_health is not None:
             self.feature_health.update(record, step)
         self.writer.log(record, step)
         self._each_backend("log", record, step)
 
     def log_attention(self, weights: torch.Tensor, names: list[str], step: int) -> None:
-        """Per-state attention weights of one rollout, (states, P): histograms, and their spread over states."""
+        """Per-state attention weights of one rollout, (states, P): histograms (their spread over states is a metric
+        of the rollout, `wsa/attention_state_std`, logged with the means)."""
         if not self.log_attention_enabled or weights is None or weights.numel() == 0:
             return
-        w = weights.detach().float().cpu()
         names = unique_names(names) if names else self.ptm_names
-        spread = float(w.std(0, unbiased=False).mean()) if w.shape[0] > 1 else 0.0
-        self._each_backend("log", {"wsa/attention_state_std": spread}, step)
-        self._each_backend("log_attention", w, names, step)
+        self._each_backend("log_attention", weights.detach().float().cpu(), names, step)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_json_atomic(summary, self.run_dir / "summary.json")
@@ -117,6 +115,12 @@ class Tracker:
         if p < 2 or not all(metrics.get(k) is not None for k in keys):
             return None
         return [float(metrics[k]) for k in keys]
+
+    @staticmethod
+    def _spread(metrics: Mapping[str, float]) -> Optional[tuple[float, float]]:
+        """(state_std, top_switch) of the rollout, when logged."""
+        std, switch = metrics.get(STATE_STD_KEY), metrics.get(TOP_SWITCH_KEY)
+        return None if std is None or switch is None else (float(std), float(switch))
 
     def _each_backend(self, method: str, *args: Any) -> None:
         """Call `method` on every backend; one that raises is reported once and dropped (training goes on)."""
@@ -172,6 +176,7 @@ def build_tracker(cfg: DictConfig, run_dir: str | Path, continuation: Optional[C
         features.replay([(int(r["global_step"]), r) for r in read_metrics(run_dir)])
     if health is not None and (run_dir / "metrics.jsonl").is_file():  # a resumed run: restore the window
         health.replay([
-            (int(r["global_step"]), w) for r in read_metrics(run_dir) if (w := tracker._attention_vector(r)) is not None
+            (int(r["global_step"]), w, tracker._spread(r))
+            for r in read_metrics(run_dir) if (w := tracker._attention_vector(r)) is not None
         ])
     return tracker

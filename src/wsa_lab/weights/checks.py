@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 
 from wsa_lab.errors import WeightsNotFoundError
+from wsa_lab.run.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,8 @@ def _write_cache(key: str, entry: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache()  # merge: another process may have added files meanwhile
         data[key] = entry
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # atomic: readers never see half a file
-        try:
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as exc:
+        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))  # readers never see half a file
+    except OSError as exc:  # OutputFolderError included
         if not _cache_unwritable_noted:
             _cache_unwritable_noted = True
             log.info("cannot write the SHA-256 cache %s (%s); checked files are re-hashed by each process", path, exc)

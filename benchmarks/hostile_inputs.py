@@ -9,8 +9,8 @@ folder with a tiny config, and records the exit code, the seconds it took, the l
 checked afterwards (a file that must not exist, a secret that must be in no file, ...). The faults that need a run
 to be interrupted at a chosen moment (SIGINT, SIGTERM, SIGKILL, a deleted `metrics.jsonl`, two writers) are in the
 tests; their rows name the test. The read-only and full-disk cases mount small tmpfs folders, so they need root
-(skipped otherwise, saying so). The user envs of round 3 are examples/graph_envs' ValueGraph, tests/faulty_envs.py
-and benchmarks/hostile_envs.py, put on PYTHONPATH (with this checkout's src/) for the subprocesses.
+(skipped otherwise, saying so). The user envs of round 3 are examples/graph_envs' ValueGraph and tests/faulty_envs.py,
+put on PYTHONPATH (with this checkout's src/) for the subprocesses.
 """
 
 from __future__ import annotations
@@ -356,12 +356,13 @@ def round3_cases(work: Path) -> tuple[list[Case], dict[str, dict]]:
         # 8. contract gaps
         *(faulty(fault) for fault in ("edge_count", "edge_outside", "fractional_links", "string_reward", "string_flag",
                                       "system_exit", "keyboard_interrupt")),
-        *(Case("8", f"an env whose `optimal` reference return is {what} (benchmarks/hostile_envs.py)",
-               [*gym, f"env.id={what}/Value-v0", f"env.entry_point=hostile_envs:{cls}", f"hydra.run.dir={work / what}"],
+        *(Case("8", f"an env whose `optimal` reference return is {what} (tests/faulty_envs.py BadReferenceValueGraph)",
+               [*gym, f"env.id={what}/Value-v0", "env.entry_point=faulty_envs:BadReferenceValueGraph",
+                f"+env.kwargs.optimal={value}", f"hydra.run.dir={work / what}"],
                check=lambda r, what=what: (f"summary: {summary(work / what).get('status')}, headline eval/optimal_ratio="
                                            f"{summary(work / what).get('eval/optimal_ratio', '-')} (null: nan)",
                                            summary(work / what).get("status") != "completed"))
-          for what, cls in (("nan", "NanReferenceValueGraph"), ("zero", "ZeroReferenceValueGraph"))),
+          for what, value in (("nan", "nan"), ("zero", "0"))),
         # 9. corrupt files
         Case("9", "a `\\xff` byte in metrics.jsonl, then the run again (resume)", [*TINY, f"hydra.run.dir={work / 'xff'}"],
              expect="0", prepare=xff_in_metrics,

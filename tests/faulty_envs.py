@@ -6,6 +6,8 @@ Named by class in the config (`env.entry_point=faulty_envs:FaultyValueGraph`), t
 (one edge feature row fewer than edge links), "edge_outside" (an edge feature above the edge space's bound),
 "fractional_links" (edge links 0.5), "string_reward" (reward "1.0"), "string_flag" (terminated "yes"),
 "system_exit" (SystemExit(3)), "keyboard_interrupt" (KeyboardInterrupt from the env's own code).
+`BadReferenceValueGraph(optimal=...)` reports an ``optimal`` reference return of NaN or zero, so every ratio to it
+would be undefined.
 """
 
 from __future__ import annotations
@@ -68,3 +70,14 @@ class PlainValueGraph(ValueGraphEnv):
 
     reference_returns = None  # type: ignore[assignment]
     reference_names = ()
+
+
+class BadReferenceValueGraph(ValueGraphEnv):
+    """Its ``optimal`` reference return is `optimal` (NaN or 0: no ratio to it is defined)."""
+
+    def __init__(self, optimal: float = float("nan"), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.optimal = float(optimal)
+
+    def reference_returns(self) -> dict[str, float]:
+        return {**super().reference_returns(), "optimal": self.optimal}

@@ -287,6 +287,18 @@ def test_a_misbehaving_env_stops_the_run_naming_env_step_and_cause(tmp_path: Pat
     assert load_checkpoint(out / "checkpoints" / "last.pt")["global_step"] == 4  # the last good checkpoint is kept
 
 
+@pytest.mark.parametrize("optimal", ["nan", "0"])
+def test_a_reference_return_that_is_nan_or_zero_stops_the_run_before_training(tmp_path: Path, optimal: str):
+    out = tmp_path / "run"
+    cfg = compose_config([*GYM_TINY, "env.id=badref/Value-v0", "env.entry_point=faulty_envs:BadReferenceValueGraph",
+                          f"+env.kwargs.optimal={optimal}"], out)
+    with pytest.raises(EnvError) as info:
+        train(cfg)
+    text = str(info.value)
+    assert "reference_returns()['optimal']" in text and "badref/Value-v0" in text and "\n" not in text, text
+    assert not (out / "metrics.jsonl").exists() or (out / "metrics.jsonl").read_text() == ""
+
+
 def test_an_episode_may_end_with_nothing_left_to_pick(tmp_path: Path):
     """The last observation of a finished episode is never acted on: its mask may allow no node."""
     env = GymVectorGraphEnv("pickall/Value-v0", entry_point="faulty_envs:PickAllValueGraph", num_envs=2, seed=0)

@@ -91,7 +91,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     check_name(cfg.name)
     job_dir = Path(str(cfg.paths.pretrained_dir)).expanduser() / f".{cfg.name}"
-    with RunFolder(job_dir, hint=f"wait for it or choose another name than {cfg.name!r}") as folder:
+    with RunFolder(job_dir, hint=f"choose another name than {cfg.name!r}") as folder:
         return _pretrain(cfg, folder)
 
 

@@ -9,6 +9,7 @@ returns computed once; then ``eval/<reference>_ratio`` is the agent's return as 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -101,6 +102,14 @@ class Evaluator:
         # Read after reference_returns(): an env may drop a reference it could not compute (coverage's optimum).
         self.reference_names: list[str] = list(getattr(env, "reference_names", ()) or references)
         self.reference_returns = {name: references[name].mean().item() for name in self.reference_names}
+        for name, value in self.reference_returns.items():
+            if value == 0 or not math.isfinite(value):
+                # every ratio to it would be NaN: the run would end "completed" with no headline
+                raise EnvError(
+                    f"env {env_label(env)}: its reference_returns()[{name!r}] averages {value} over the held-out "
+                    "episodes, so eval/<reference>_ratio is undefined; return a finite non-zero value or leave that "
+                    "reference out of reference_returns()"
+                )
         self.metrics = ["eval/return", *(f"eval/{name}_ratio" for name in self.reference_names)]
         self.metric = metric or headline_metric(self.reference_names)
         if self.metric not in self.metrics:

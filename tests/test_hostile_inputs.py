@@ -78,7 +78,7 @@ def test_an_edge_value_trains(key: str, value: str, tmp_path: Path):
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_before_it_allocates(tmp_path: Path):
-    with pytest.raises(WsaLabError, match=r"this run needs about .* GiB of memory but .* is available: envs .*env size"):
+    with pytest.raises(WsaLabError, match=r"this run needs about .* GiB of memory but .* is available: update activations .*graph and image sizes"):
         train(compose_config([*GRAPH_ONLY, "env.num_nodes=10000000"], tmp_path / "run"))
     with pytest.raises(WsaLabError, match=r"rollout buffer .* \(algo.num_steps x algo.num_envs x one observation\)"):
         train(compose_config([*GRAPH_ONLY, "algo.num_envs=1000000", "algo.total_timesteps=100000000"], tmp_path / "r"))

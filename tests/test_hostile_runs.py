@@ -579,6 +579,9 @@ def test_a_sigkilled_local_parallel_job_is_reported_as_killed_by_sigkill(tmp_pat
     proc = local_sweep([f"algo.total_timesteps={2000 * BATCH},{2 * BATCH}", "checkpoint.interval=1"],
                        sweep_dir, tmp_path, fake_torch_home)
     wait_for("job 0 to train", lambda: job_lines(sweep_dir, 0) >= 2, proc)
+    # the metrics line of an iteration is written before its checkpoint: kill after the checkpoint is in place
+    checkpoint = sweep_dir / job_records(sweep_dir)[0]["folder"] / "checkpoints/last.pt"
+    wait_for("job 0's first checkpoint", checkpoint.exists, proc)
     os.kill(job_records(sweep_dir)[0]["pid"], signal.SIGKILL)
     killed = time.time()
     _, err = proc.communicate(timeout=180)

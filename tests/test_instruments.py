@@ -5,6 +5,7 @@ and the report's contribution table and figures."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,25 @@ def test_ablating_a_standard_actor_is_one_line_and_exit_1(tmp_path: Path, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("wsa_lab.evaluate: error: "), err
         assert ("Standard Actor" if name == "standard" else "over 1 PTM") in err[0]
+
+
+def test_ablating_a_sweep_leaves_its_standard_arm_out_and_says_so(signal_run: Path, tmp_path: Path):
+    """A sweep of a WSA arm beside the Standard Actor: the WSA runs are ablated, the Standard run is left out (one
+    line each); a sweep with no ablatable run is still an error."""
+    standard = tmp_path / "standard"
+    (standard / "checkpoints").mkdir(parents=True)
+    (standard / "checkpoints" / "last.pt").write_bytes(b"")  # never read: left out from its config
+    cfg = OmegaConf.load(signal_run / "resolved_config.yaml")
+    cfg.actor_critic.wsa.enabled = False
+    (standard / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (standard / "summary.json").write_text((signal_run / "summary.json").read_text())
+    lines: list[str] = []
+    result = evaluate_runs([signal_run, standard], [*ABLATE, f"table={tmp_path}/ablation.md"], log=lines.append)
+    assert [r["run"]["path"] for r in result.runs] == [str(signal_run)]
+    assert [line for line in lines if line.startswith("left out")] == [
+        f"left out {standard}: ablate=true ablates the PTMs of a WSA agent; this run is the Standard Actor (no PTMs, no attention)"]
+    with pytest.raises(ConfigError, match="none of the runs has attention weights over >= 2 PTMs"):
+        evaluate_runs([standard, shutil.copytree(standard, tmp_path / "standard2")], [*ABLATE, f"table={tmp_path}/none.md"])
 
 
 def test_the_report_shows_contribution_and_held_out_states(signal_run: Path, tmp_path: Path, capsys):

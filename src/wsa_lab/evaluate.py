@@ -332,20 +332,17 @@ def evaluate_run(
     }
 
 
-def check_ablatable(path: Path, cfg: DictConfig) -> None:
-    """One-line ConfigError unless the run's agent has attention weights over >= 2 PTMs (read from its config,
-    before any agent is built)."""
+def unablatable(path: Path, cfg: DictConfig) -> Optional[str]:
+    """Why the run's agent cannot be ablated (read from its config, before any agent is built), or None: ablation
+    needs attention weights over >= 2 PTMs."""
     wsa = (cfg.get("actor_critic") or {}).get("wsa") or {}
     ptms = list(wsa.get("pretrained_models") or [])
     if not wsa.get("enabled"):
-        raise ConfigError(
-            f"{path}: ablate=true ablates the PTMs of a WSA agent; this run is the Standard Actor (no PTMs, no attention)"
-        )
+        return f"{path}: ablate=true ablates the PTMs of a WSA agent; this run is the Standard Actor (no PTMs, no attention)"
     if wsa.get("fusion") == "concat" or len(ptms) < 2:
-        raise ConfigError(
-            f"{path}: ablate=true needs attention weights over >= 2 PTMs; this run has fusion "
-            f"{wsa.get('fusion')!r} over {len(ptms)} PTM(s)"
-        )
+        return (f"{path}: ablate=true needs attention weights over >= 2 PTMs; this run has fusion "
+                f"{wsa.get('fusion')!r} over {len(ptms)} PTM(s)")
+    return None
 
 
 def evaluate_runs(
@@ -359,9 +356,15 @@ def evaluate_runs(
     # Before any agent plays: every run's files are readable and their declared headline metrics agree.
     files = {p: read_run_files(p) for p in run_paths}
     check_one_metric({str(p): declared_metric(*f) for p, f in files.items()})
-    if settings.ablate:  # and, to ablate, that every run's agent has attention over PTMs
-        for p, (cfg, _summary) in files.items():
-            check_ablatable(p, cfg)
+    if settings.ablate:  # a sweep's Standard arm (or a one-PTM arm) is left out, said; none left is an error
+        reasons = {p: unablatable(p, cfg) for p, (cfg, _summary) in files.items()}
+        for p, reason in reasons.items():
+            if reason is not None and len(reasons) > 1:
+                log(f"left out {reason}")
+        run_paths = [p for p in run_paths if reasons[p] is None]
+        if not run_paths:
+            raise ConfigError(next(iter(reasons.values())) if len(reasons) == 1 else
+                              "ablate=true: none of the runs has attention weights over >= 2 PTMs (each left out above)")
     prefix = "ablation" if settings.ablate else "eval"
     table_path = Path(settings.table) if settings.table else default_table_path(paths, suite.name, prefix)
     check_output_dir(table_path.parent, "table")  # before any agent plays: a table that cannot be written says so now

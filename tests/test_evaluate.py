@@ -23,7 +23,7 @@ from wsa_lab.build import make_agent, make_env
 from wsa_lab.envs import CoverageEnv, generate_instances, greedy_returns
 from wsa_lab.errors import ConfigError, WeightsNotFoundError, WsaLabError
 from wsa_lab.evaluate import (
-    EvaluateSettings, compose_settings, evaluate_runs, find_runs, format_table, load_run, main, sampled_returns,
+    EvaluateSettings, compose_settings, evaluate_agent, evaluate_runs, find_runs, format_table, load_run, main, sampled_returns,
 )
 from wsa_lab.weights.checks import ALLOW_UNVERIFIED_ENV
 from wsa_lab.rl.evaluation import play
@@ -210,7 +210,8 @@ def _fake_result(arm: str, seed: int, ratios: dict[str, float]) -> dict:
         "run": {"name": arm, "seed": seed},
         "conditions": {
             c: {"env": {"num_nodes": 50, "num_sites": 5}, "changed": {}, "references": ["greedy", "random"],
-                "greedy_return": 0.8, "random_greedy_ratio": 0.5, "greedy_ratio": r, "stochastic_greedy_ratio": r - 0.1}
+                "greedy_return": 0.8, "random_greedy_ratio": 0.5, "greedy_ratio": r, "stochastic_greedy_ratio": r - 0.1,
+                "sampled_greedy_ratio": r + 0.05}
             for c, r in ratios.items()
         },
     }
@@ -223,7 +224,7 @@ def _plain_result(arm: str, seed: int, returns: dict[str, float]) -> dict:
         "run": {"name": arm, "seed": seed},
         "conditions": {
             c: {"env": {"kwargs": {"picks": 2}}, "changed": {"kwargs.picks": 4} if c == "b" else {}, "references": [],
-                "return": r, "stochastic_return": r - 0.5}
+                "return": r, "stochastic_return": r - 0.5, "sampled_return": r + 0.25}
             for c, r in returns.items()
         },
     }
@@ -260,8 +261,8 @@ def test_table_uses_the_report_statistics():
 def test_table_of_an_env_without_references_shows_the_return():
     results = [_plain_result("plain", s, {"a": 1.0 + s, "b": 2.0 + s}) for s in range(2)]
     table = format_table("demo", results, from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300), COLUMNS)  # COLUMNS: absent, left out
-    assert "| condition | changed | plain deterministic | plain stochastic |" in table
-    assert "| a | - | 1.500 [1.000, 2.000] |" in table and "| b | kwargs.picks=4 | 2.500" in table
+    assert "| condition | changed | plain deterministic | plain stochastic | plain best of 1 |" in table
+    assert "| a | - | 1.500 [1.000, 2.000] | 1.000 [0.500, 1.500] | 1.750 [1.250, 2.250] |" in table and "| b | kwargs.picks=4 | 2.500" in table
     assert "the agent's mean episode return" in table and "greedy" not in table
     with pytest.raises(ConfigError, match="different headline metrics \\(eval/return: 2 runs, eval/greedy_ratio: 1 run\\)"):
         format_table("demo", [*results, _fake_result("cov", 0, {"a": 0.5, "b": 0.5})], from_yaml(EvaluateSettings, "evaluate.yaml"))
@@ -406,7 +407,7 @@ def test_cli_end_to_end(tiny_sweep: Path, fake_torch_home: Path):
         capture_output=True, text=True, env=subprocess_env(fake_torch_home), timeout=300,
     )
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-        "wsa_lab.evaluate: error: unknown eval_env 'moon'; choose one of: cities, in_distribution, size_shift, structure_shift"
+        "wsa_lab.evaluate: error: unknown eval_env 'moon'; choose one of: cities, in_distribution, jobshop_sizes, size_shift, structure_shift"
     ]
 
 
@@ -479,6 +480,9 @@ def test_a_users_env_evaluates_under_a_shifted_kwarg(gym_runs: Path):
             assert c[f"stochastic_{first}_ratio"] == pytest.approx(ratio_to_reference(c["stochastic_return"], reference))
             assert c[f"{other}_{first}_ratio"] == pytest.approx(ratio_to_reference(c[f"{other}_return"], reference))
             assert math.isfinite(c["return_std"]) and math.isfinite(c["stochastic_return_std"])
+            # best of `episodes` sampled plays: at least their mean (episodes=1 here: equal)
+            assert c["sampled_return"] == pytest.approx(c["stochastic_return"])
+            assert c[f"sampled_{first}_ratio"] == pytest.approx(ratio_to_reference(c["sampled_return"], reference))
         assert more[f"{first}_return"] > held_out[f"{first}_return"]  # 4 picks earn more than 2
     table = result.table
     assert f"| condition | changed | {first} ref. return | {other} | value deterministic | value stochastic |" in table
@@ -491,7 +495,7 @@ def test_a_users_env_without_references_is_tabled_by_its_return(gym_runs: Path):
     (run,) = result.runs
     assert run["metric"] == "eval/return"
     for c in run["conditions"].values():
-        assert c["references"] == [] and not any(k.endswith(("_ratio", "_return")) and k != "stochastic_return" for k in c)
+        assert c["references"] == [] and not any(k.endswith(("_ratio", "_return")) and k not in ("stochastic_return", "sampled_return") for k in c)
     assert "| condition | changed | plain deterministic | plain stochastic |" in result.table
     assert "the agent's mean episode return" in result.table and "greedy" not in result.table
 
@@ -504,7 +508,11 @@ def test_a_users_env_runs_reproduce_and_leave_the_global_rng_alone(gym_runs: Pat
         state = torch.random.get_rng_state()
         first = sampled_returns(run.agent, prepared, seed=11, episodes=2)
         assert torch.equal(torch.random.get_rng_state(), state)
-        assert first.shape == (6,) and torch.equal(sampled_returns(run.agent, prepared, seed=11, episodes=2), first)
+        assert first.shape == (2, 3) and torch.equal(sampled_returns(run.agent, prepared, seed=11, episodes=2), first)
+        cell = evaluate_agent(run.agent, prepared, seed=11, episodes=2)  # best of 2 = the max over those two plays
+        assert cell["sampled_return"] == pytest.approx(first.max(dim=0).values.mean().item())
+        assert cell["stochastic_return"] == pytest.approx(first.mean().item())
+        assert cell["stochastic_return"] <= cell["sampled_return"] + 1e-6
     finally:
         prepared.close()
 

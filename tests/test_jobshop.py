@@ -347,3 +347,25 @@ def test_a_fixed_instance_replays_the_same_observations_every_episode() -> None:
         episodes.append(seen)
     for step, (first, second) in enumerate(zip(*episodes)):
         assert np.array_equal(first, second), f"step {step}: the second episode's node features differ"
+
+
+def test_a_6x6_agent_is_evaluated_zero_shot_on_10x10(tmp_path: Path) -> None:
+    """`eval_env=jobshop_sizes`: a run trained on 6x6 plays generated 10x10 instances, beside CP-SAT and the rules."""
+    from conftest import compose_config
+    from test_contract import NOT_COVERAGE
+    from wsa_lab.contract import ratio_to_reference
+    from wsa_lab.evaluate import evaluate_runs
+    from wsa_lab.train import train
+
+    run = tmp_path / "run"
+    assert train(compose_config([*NOT_COVERAGE, "env=jobshop", "ptm=[graph_cnn]", "algo.total_timesteps=64"], run))["status"] == "completed"
+    result = evaluate_runs([run], ["eval_env=jobshop_sizes", "num_instances=2", "episodes=1", "device=cpu"])
+    cell = result.runs[0]["conditions"]["j10_m10"]
+    assert cell["changed"] == {"kwargs.num_jobs": 10, "kwargs.num_machines": 10}
+    # a 10x10 makespan: 10 operations per machine, so every reference's return is well below a 6x6 one's
+    assert set(cell["references"]) >= {"cpsat", "most_work_remaining"} and cell["cpsat_return"] < 0
+    # nothing schedules shorter than the optimum (a barely trained agent may take over twice as long: ratio < 0)
+    assert cell["cpsat_ratio"] == pytest.approx(ratio_to_reference(cell["return"], cell["cpsat_return"]))
+    assert cell["cpsat_ratio"] <= 1.0
+    assert cell["most_work_remaining_cpsat_ratio"] <= 1.0
+    assert "| j10_m10 | 10 | 10 |" in result.table

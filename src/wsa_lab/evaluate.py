@@ -259,9 +259,9 @@ def sampled_returns(agent: ActorCritic, prepared: PreparedCondition, seed: int, 
     global RNG untouched: :func:`~wsa_lab.rl.evaluation.sampled_play`).
 
     Shapes:
-        - output: ``(episodes * B,)`` on the CPU, episode 0's B returns first
+        - output: ``(episodes, B)`` on the CPU
     """
-    return sampled_play(agent, prepared.env, seed, episodes).reshape(-1)
+    return sampled_play(agent, prepared.env, seed, episodes)
 
 
 def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, episodes: int) -> dict[str, Any]:
@@ -269,12 +269,15 @@ def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, e
 
     Keys: the condition's description, `num_instances`, `episodes`, `references` (names), `return`,
     `return_std`, `<ref>_ratio`, `stochastic_return`, `stochastic_return_std`, `stochastic_<ref>_ratio`,
-    `<ref>_return` and `<other>_<first>_ratio` (each other reference as a fraction of the first).
+    `sampled_return` and `sampled_<ref>_ratio` (the best of the `episodes` sampled plays of each held-out episode,
+    averaged: training's ``eval/sampled_*`` with ``evaluation.samples=episodes``), `<ref>_return` and
+    `<other>_<first>_ratio` (each other reference as a fraction of the first).
     """
     evaluator = prepared.evaluator
     deterministic = evaluator.evaluate(agent)  # eval/return, eval/return_std, eval/<ref>_ratio
     stochastic = sampled_returns(agent, prepared, seed, episodes)
     mean = stochastic.mean().item()
+    best = stochastic.max(dim=0).values.mean().item()
     return {
         **prepared.condition.describe(),
         "num_instances": prepared.num_instances,
@@ -282,8 +285,10 @@ def evaluate_agent(agent: ActorCritic, prepared: PreparedCondition, seed: int, e
         "references": prepared.reference_names,
         **{metric_key(k): v for k, v in deterministic.items()},
         "stochastic_return": mean,
-        "stochastic_return_std": _std(stochastic),
+        "stochastic_return_std": _std(stochastic.reshape(-1)),
         **{f"stochastic_{n}_ratio": ratio_to_reference(mean, r) for n, r in evaluator.reference_returns.items()},
+        "sampled_return": best,
+        **{f"sampled_{n}_ratio": ratio_to_reference(best, r) for n, r in evaluator.reference_returns.items()},
         **{k.removeprefix("reference/"): v for k, v in evaluator.reference.items()},
     }
 
@@ -476,7 +481,8 @@ def _legend(metric: str, settings: EvaluateSettings, reps: int) -> str:
     return (
         f"Cells: {what}, mean over seeds [95% percentile-bootstrap CI over seeds, {reps} resamples, seed 0]. "
         "deterministic = most likely node (and the continuous action's mean); "
-        f"stochastic = sampled actions ({settings.episodes} plays of every held-out episode). Each condition plays "
+        f"stochastic = sampled actions ({settings.episodes} plays of every held-out episode); best of "
+        f"{settings.episodes} = the best of those plays per episode. Each condition plays "
         f"the episodes its env starts from reset(seed={settings.seed}): {settings.num_instances} envs unless the "
         "condition fixes fewer (e.g. a city)."
     )
@@ -502,7 +508,7 @@ def format_table(
     conditions = list(results[0]["conditions"])
     reps = settings.bootstrap_reps
     key = metric_key(metric)
-    keys = (key, f"stochastic_{key}")
+    keys = (key, f"stochastic_{key}", f"sampled_{key}")
     lines = [
         f"# Evaluation suite `{suite}`",
         "",
@@ -522,7 +528,7 @@ def format_table(
                         f"that reference's return as a fraction of `{first}`'s.", ""]
     header = ["condition", *(title for title, _ in described)]
     for arm in arms:
-        header += [f"{arm} deterministic", f"{arm} stochastic"]
+        header += [f"{arm} deterministic", f"{arm} stochastic", f"{arm} best of {settings.episodes}"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in conditions:
         cells = [r["conditions"][name] for r in results]

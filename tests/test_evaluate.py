@@ -260,8 +260,9 @@ def test_table_uses_the_report_statistics():
 
 def test_table_of_an_env_without_references_shows_the_return():
     results = [_plain_result("plain", s, {"a": 1.0 + s, "b": 2.0 + s}) for s in range(2)]
-    table = format_table("demo", results, from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300), COLUMNS)  # COLUMNS: absent, left out
-    assert "| condition | changed | plain deterministic | plain stochastic | plain best of 1 |" in table
+    settings = from_yaml(EvaluateSettings, "evaluate.yaml", bootstrap_reps=300)
+    table = format_table("demo", results, settings, COLUMNS)  # COLUMNS: absent, left out
+    assert f"| condition | changed | plain deterministic | plain stochastic | plain best of {settings.episodes} |" in table
     assert "| a | - | 1.500 [1.000, 2.000] | 1.000 [0.500, 1.500] | 1.750 [1.250, 2.250] |" in table and "| b | kwargs.picks=4 | 2.500" in table
     assert "the agent's mean episode return" in table and "greedy" not in table
     with pytest.raises(ConfigError, match="different headline metrics \\(eval/return: 2 runs, eval/greedy_ratio: 1 run\\)"):

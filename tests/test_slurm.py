@@ -205,7 +205,7 @@ def test_cancelled_killed_and_raising_jobs_are_failed_and_the_launcher_returns(s
 
 
 def test_requeued_and_preempted_job_resumes_with_a_continuous_history(slurm, tmp_path: Path, fake_torch_home: Path):
-    total = 30 * BATCH
+    total = 150 * BATCH  # long enough that the second attempt is still training when USR2 arrives (a tiny batch takes ~0.1 s)
     sweep = Sweep([*CPU_SLURM, f"algo.total_timesteps={total}", "checkpoint.interval=4", *SHORT], tmp_path, fake_torch_home)
     sweep.until("training to start", lambda: len(sweep.steps(0)) >= 6)
     job_id = sweep.job(0)["slurm_job_id"]

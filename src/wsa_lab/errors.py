@@ -59,13 +59,17 @@ class OutputFolderError(WsaLabError, OSError):
         return (type(self), (self.message, self.errno, self.filename))
 
 
+def first_line(problem: BaseException | str) -> str:
+    """The first line of a message (an exception's, or its type's name when it has none): what a one-line error shows."""
+    return (str(problem).strip().splitlines() or [type(problem).__name__])[0]
+
+
 def print_error(program: str, problem: BaseException | str) -> int:
     """Every CLI's way to report a user's error: one line, `<program>: error: <first line of the message>`, on
     stderr; returns the exit code 1. With HYDRA_FULL_ERROR=1 an exception is raised again instead (its traceback)."""
     if isinstance(problem, BaseException) and os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise problem
-    lines = str(problem).strip().splitlines() or [type(problem).__name__]
-    print(f"{program}: error: {lines[0]}", file=sys.stderr, flush=True)
+    print(f"{program}: error: {first_line(problem)}", file=sys.stderr, flush=True)
     return 1
 
 

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wsa_lab.conf_files import config_dir, yaml_defaults
-from wsa_lab.errors import ConfigError
+from wsa_lab.errors import ConfigError, first_line
 
 
 def ptm_list(pool: DictConfig | dict | None, count: int | None = None) -> ListConfig:
@@ -52,7 +52,7 @@ def required_key_error(exc: BaseException) -> ConfigError:
     inner = exc.__cause__ or exc.__context__
     if isinstance(inner, ConfigError):
         return inner
-    return ConfigError((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+    return ConfigError(first_line(exc))
 
 
 def register_resolvers() -> None:

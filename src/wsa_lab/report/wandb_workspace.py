@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from wsa_lab.conf_files import yaml_defaults
-from wsa_lab.errors import ConfigError, WsaLabError, print_error
+from wsa_lab.errors import ConfigError, WsaLabError, first_line, print_error
 from wsa_lab.report import Report
 from wsa_lab.run.atomic import write_text_atomic
 from wsa_lab.run.reader import read_resolved_config
@@ -144,7 +144,7 @@ def _why(exc: Exception) -> str:
     if callable(errors) and errors():
         first = errors()[0]
         return f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', '')}"
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return first_line(exc)
 
 
 def online() -> bool:
@@ -174,8 +174,7 @@ def publish(spec: dict[str, Any], where: str = "the spec") -> str:
         workspace.save()
         return str(workspace.url)
     except Exception as exc:  # noqa: BLE001 - W&B raises many types (auth, GraphQL, HTTP); each is one line here
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WorkspaceError(f"W&B refused the workspace of {where} ({type(exc).__name__}: {first}); check `wandb "
+        raise WorkspaceError(f"W&B refused the workspace of {where} ({type(exc).__name__}: {first_line(exc)}); check `wandb "
                              "login` and the project's entity") from exc
 
 

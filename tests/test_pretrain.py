@@ -57,6 +57,32 @@ def test_a_pretrained_frozen_ptm_is_the_checkpoints_encoder(tmp_path: Path, ptm:
         torch.testing.assert_close(wrapper.backbone_features(inputs), fresh.backbone_features(inputs), rtol=0, atol=0)
 
 
+def test_the_dgi_loss_is_pygs_and_keeps_a_gradient_when_the_scores_are_large():
+    """The Deep Graph Infomax loss on logits: equal to PyG's where PyG's is finite, and still learning where PyG's
+    log-of-sigmoid saturates at 34.54 (a GIN over node features in the tens scores in the hundreds)."""
+    from torch_geometric.nn.models import DeepGraphInfomax
+
+    from wsa_lab.pretrain.objectives import BatchedDeepGraphInfomax
+
+    torch.manual_seed(0)
+    ours, pyg = (cls(4, lambda x: x, lambda z, x: z, lambda x: x) for cls in (BatchedDeepGraphInfomax, DeepGraphInfomax))
+    pyg.weight.data.copy_(ours.weight.data)
+    pos, neg, summary = torch.randn(6, 4), torch.randn(6, 4), torch.sigmoid(torch.randn(6, 4))
+    for i in range(6):  # PyG scores nodes against one summary: node by node, its loss is ours
+        one = slice(i, i + 1)
+        torch.testing.assert_close(ours.loss(pos[one], neg[one], summary[one]), pyg.loss(pos[one], neg[one], summary[i]))
+    direction = (summary[0] @ ours.weight.t()).detach()  # a positive node scored -100 (should be high), a negative one +100
+    pos = (-100 * direction / direction.square().sum()).expand(6, 4).clone().requires_grad_()
+    neg = (100 * direction / direction.square().sum()).expand(6, 4).clone().requires_grad_()
+    saturated = pyg.loss(pos, neg, summary[0])
+    saturated.backward()
+    assert saturated.item() == pytest.approx(2 * 34.54, abs=0.01) and pos.grad.abs().sum() == 0  # PyG's: stuck
+    pos.grad = None
+    loss = ours.loss(pos, neg, summary[:1].expand(6, 4))
+    loss.backward()
+    assert loss.item() == pytest.approx(200, rel=1e-3) and pos.grad.abs().sum() > 0
+
+
 def test_same_seed_same_ptm_other_seed_other_ptm(tmp_path: Path):
     made = {}
     for label, seed in (("a", 0), ("b", 0), ("c", 1)):

@@ -66,11 +66,21 @@ class ImageAutoencoder(nn.Module):
 
 
 class BatchedDeepGraphInfomax(DeepGraphInfomax):
-    """DeepGraphInfomax for a batch of graphs: node i is scored against its own graph's summary ``summary[i]``."""
+    """DeepGraphInfomax for a batch of graphs: node i is scored against its own graph's summary ``summary[i]``.
+
+    The loss is PyG's (binary cross-entropy of positive vs corrupted nodes) written on the logits: PyG takes the
+    log of a sigmoid plus 1e-15, which saturates at 34.54 with no gradient once the scores are large (a GIN's sum
+    aggregation over node features in the tens gets there in one step); ``softplus`` is the same loss, stable.
+    """
 
     def discriminate(self, z: Tensor, summary: Tensor, sigmoid: bool = True) -> Tensor:
         value = (z * (summary @ self.weight.t())).sum(dim=-1)  # z_i . (W s_{g(i)}), per node
         return torch.sigmoid(value) if sigmoid else value
+
+    def loss(self, pos_z: Tensor, neg_z: Tensor, summary: Tensor) -> Tensor:
+        positive = self.discriminate(pos_z, summary, sigmoid=False)
+        negative = self.discriminate(neg_z, summary, sigmoid=False)
+        return F.softplus(-positive).mean() + F.softplus(negative).mean()  # -log s(p) - log(1 - s(n))
 
 
 class GraphInfomax(nn.Module):

@@ -85,6 +85,23 @@ def test_non_finite_loss_stops_training_with_the_step_and_quantity():
         ppo.iterate()
 
 
+def test_a_nan_policy_output_stops_before_the_env_gets_the_action():
+    """A diverged actor (finite weights, NaN output) stops with one TrainingDivergedError, not torch's
+    `Normal(loc=nan)` ValueError, and the env never receives the NaN action."""
+    from wsa_lab.errors import TrainingDivergedError
+
+    env = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16)
+    agent = small_agent()
+    ppo = PPO(agent, env, ppo_config(total_timesteps=32, num_envs=4, num_steps=8, num_minibatches=2))
+    with torch.no_grad():
+        agent.head.continuous_mean[-1].bias.fill_(float("nan"))
+    steps = []
+    env.step = lambda *a: steps.append(a)  # type: ignore[method-assign]
+    with pytest.raises(TrainingDivergedError, match=r"non-finite policy output at global_step 4 \(iteration 1"):
+        ppo.iterate()
+    assert steps == []
+
+
 def test_non_finite_parameter_is_named():
     from wsa_lab.errors import TrainingDivergedError
 
@@ -121,5 +138,7 @@ def test_divergence_is_one_line_and_its_advice_works(tmp_path, monkeypatch):
     lower = ["checkpoint.interval=2", "algo.learning_rate=1e-4", "algo.max_grad_norm=0.1"]
     summary = train(compose_config([*base, *lower], run))
     assert summary["status"] == "completed" and summary["resumed_from_steps"] == [64]
-    assert summary["resume_changes"] == ["algo.learning_rate: 0.0003 -> 0.0001", "algo.max_grad_norm: 0.5 -> 0.1"]
+    default = ppo_config()  # conf/algo/ppo.yaml's values, the run's before the resume
+    assert summary["resume_changes"] == [f"algo.learning_rate: {default.learning_rate} -> 0.0001",
+                                         f"algo.max_grad_norm: {default.max_grad_norm} -> 0.1"]
     assert json.loads((run / "summary.json").read_text())["resume_changes"] == summary["resume_changes"]

@@ -156,7 +156,8 @@ class HybridActionHead(nn.Module):
             return HeadOutput(HybridAction(node, continuous), log_prob, entropy)
         raw_mean = self.continuous_mean(gather_rows(pairs, chosen_row))  # (G, d)
         mean = torch.where(self.bounded, torch.sigmoid(raw_mean), raw_mean)
-        dist = Normal(mean, self.log_std.exp().expand_as(mean))
+        # no argument check: a diverged network's NaN mean reaches PPO's non-finite checks (one clear line there)
+        dist = Normal(mean, self.log_std.exp().expand_as(mean), validate_args=False)
         if action is not None:
             continuous = action.continuous
         else:

@@ -82,6 +82,8 @@ class PPO:
             self.values[step] = out.value
             self.nodes[step], self.continuous[step] = out.action.node, out.action.continuous
             self.logprobs[step] = out.log_prob
+            if not bool(torch.isfinite(out.log_prob).all()):  # a NaN action must not reach the env
+                self._diverged("policy output", log_prob=out.log_prob.sum().item())
             try:
                 obs, reward, terminated, truncated, info = self.env.step(
                     out.action.node, spec.policy_to_env(out.action.continuous)

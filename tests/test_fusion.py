@@ -61,10 +61,11 @@ def test_the_attention_learning_rate_multiplier_changes_only_the_attentions_upda
         torch.manual_seed(2)
         ppo.update()
         deltas[scale] = {n: (p.detach() - before[n]) for n, p in model.named_parameters()}
+        lr = ppo.cfg.learning_rate  # conf/algo/ppo.yaml's default
         groups = {g["name"]: g for g in ppo.optimizer.param_groups}
-        assert groups["attention"]["lr"] == pytest.approx(3e-4 * scale) and groups["model"]["lr"] == pytest.approx(3e-4)
+        assert groups["attention"]["lr"] == pytest.approx(lr * scale) and groups["model"]["lr"] == pytest.approx(lr)
         state = ppo.state_dict()["optimizer"]
-        assert [g["base_lr"] for g in state["param_groups"]] == [pytest.approx(3e-4), pytest.approx(3e-4 * scale)]
+        assert [g["base_lr"] for g in state["param_groups"]] == [pytest.approx(lr), pytest.approx(lr * scale)]
     for name, delta in deltas[1.0].items():
         if ".attention." in name:
             if delta.abs().sum() > 0:  # Adam's first step is lr-sized: 3x the learning rate, 3x the step

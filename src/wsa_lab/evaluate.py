@@ -39,7 +39,7 @@ from wsa_lab.build import close_env, make_agent, make_env
 from wsa_lab.conf_files import config_dir
 from wsa_lab.config.validate import resolve_device
 from wsa_lab.contract import ActionSpec, ObservationSpec, ratio_to_reference, specs
-from wsa_lab.errors import ConfigError, WsaLabError, print_error
+from wsa_lab.errors import ConfigError, WsaLabError, first_line, print_error
 from wsa_lab.models import ActorCritic
 from wsa_lab.weights.load import weights_from_checkpoint
 from wsa_lab.rl.evaluation import headline_metric, sampled_play
@@ -226,8 +226,7 @@ def load_run(path: Path, device: torch.device) -> LoadedRun:
         state = load_checkpoint(path / CHECKPOINT, map_location=device)
         agent.load_state_dict(state["agent"], strict=True)
     except (RuntimeError, KeyError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WsaLabError(f"{path / CHECKPOINT}: cannot load the agent from it ({first})") from exc
+        raise WsaLabError(f"{path / CHECKPOINT}: cannot load the agent from it ({first_line(exc)})") from exc
     agent.eval()
     return LoadedRun(path, cfg, summary, agent, state.get("global_step"), trained_specs)
 

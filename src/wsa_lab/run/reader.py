@@ -16,6 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from wsa_lab import errors
 from wsa_lab.errors import ConfigError
 from wsa_lab.run.checkpoint import LAST, PREVIOUS
 
@@ -40,8 +41,7 @@ def first_line(exc: BaseException) -> str:
         return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return errors.first_line(exc)
 
 
 def _json_object(folder: Path, name: str, data: bytes) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from wsa_lab.config.schema import WandbConfig
+from wsa_lab.errors import first_line
 from wsa_lab.tracking.identity import Continuation, RunIdentity
 from wsa_lab.tracking.probe import TrackingError
 
@@ -86,13 +87,12 @@ class WandbBackend:
                 reinit="finish_previous",
             )
         except Exception as exc:  # W&B raises several types (UsageError, CommError, ...)
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             hint = (
                 "run `wandb login` once (or export WANDB_API_KEY in the job's environment), or use "
                 "logger.wandb.mode=offline and `wandb sync` later" if self.mode == "online" else
                 "use logger.wandb.mode=disabled to train without W&B"
             )
-            raise TrackingError(f"logger.wandb: W&B could not start in {self.mode} mode ({first_line}); {hint}") from exc
+            raise TrackingError(f"logger.wandb: W&B could not start in {self.mode} mode ({first_line(exc)}); {hint}") from exc
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")
         self.sync_dir: Optional[str] = None

@@ -36,16 +36,17 @@ def load_bench() -> ModuleType:
 
 def main() -> None:
     bench = load_bench()
-    workdir = tempfile.mkdtemp(prefix="paired_worker_")
-    weights_dir, _ = bench.weights_dir_for("synthetic", workdir)
-    arm = None
-    for line in sys.stdin:
-        request = json.loads(line)
-        if "arm" in request:
-            overrides = [*bench.ARMS[request["arm"]], f"paths.weights_dir={weights_dir}", *request.get("overrides", [])]
-            arm = bench.build_arm(request["arm"], overrides, "cpu", workdir)
-        sample = bench.run_iteration(arm)
-        print("RESULT " + json.dumps(sample), flush=True)
+    # removed when stdin closes (the synthetic weight files are 128 MB per worker; mkdtemp left them behind)
+    with tempfile.TemporaryDirectory(prefix="paired_worker_") as workdir:
+        weights_dir, _ = bench.weights_dir_for("synthetic", workdir)
+        arm = None
+        for line in sys.stdin:
+            request = json.loads(line)
+            if "arm" in request:
+                overrides = [*bench.ARMS[request["arm"]], f"paths.weights_dir={weights_dir}", *request.get("overrides", [])]
+                arm = bench.build_arm(request["arm"], overrides, "cpu", workdir)
+            sample = bench.run_iteration(arm)
+            print("RESULT " + json.dumps(sample), flush=True)
 
 
 if __name__ == "__main__":

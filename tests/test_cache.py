@@ -35,13 +35,14 @@ def count_calls(module: torch.nn.Module) -> list[int]:
     return calls
 
 
-def one_iteration(ptms, cache: bool, device: str = "cpu", **kwargs):
-    """A rollout and one update from the same seeds; what the update produced, and backbone call counts."""
+def one_iteration(ptms, cache: bool, device: str = "cpu", minibatches: int = MINIBATCHES, epochs: int = EPOCHS, **kwargs):
+    """A rollout and one update from the same seeds; what the update produced, and backbone call counts.
+    `grads` are the last minibatch's (after `minibatches * epochs - 1` optimizer steps)."""
     agent = make_agent(ptms, cache, **kwargs).to(device)
     calls = [count_calls(p.backbone) for p in agent.actor.extractor.ptms] if agent.uses_wsa else []
     env = CoverageEnv(num_envs=ENVS, num_nodes=20, num_sites=3, knn_k=4, image_size=32, seed=0, device=device)
-    cfg = ppo_config(total_timesteps=STEPS * ENVS, num_envs=ENVS, num_steps=STEPS, num_minibatches=MINIBATCHES,
-                    update_epochs=EPOCHS)
+    cfg = ppo_config(total_timesteps=STEPS * ENVS, num_envs=ENVS, num_steps=STEPS, num_minibatches=minibatches,
+                    update_epochs=epochs)
     ppo = PPO(agent, env, cfg)
     torch.manual_seed(1)
     ppo.collect_rollout()

@@ -47,12 +47,16 @@ def no_tf32() -> Iterator[None]:
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def assert_close_update(on: dict, off: dict, loss_rtol: float, grad_rtol: float) -> None:
-    """Same rollout; losses within `loss_rtol`; each gradient tensor within `grad_rtol` of the other's norm."""
-    torch.testing.assert_close(on["rollout"]["logprobs"], off["rollout"]["logprobs"])
+def assert_close_update(
+    on: dict, off: dict, loss_rtol: float, grad_rtol: float, rollout_rtol: float = 1.3e-6, loss_atol: float = 1e-6
+) -> None:
+    """Same rollout (the same nodes chosen, log-probs within `rollout_rtol`); losses within `loss_rtol` or
+    `loss_atol`; each gradient tensor within `grad_rtol` of the other's norm."""
+    torch.testing.assert_close(on["rollout"]["nodes"], off["rollout"]["nodes"], rtol=0, atol=0)
+    torch.testing.assert_close(on["rollout"]["logprobs"], off["rollout"]["logprobs"], rtol=rollout_rtol, atol=1e-5)
     assert on["losses"].keys() == off["losses"].keys() and on["grads"].keys() == off["grads"].keys()
     for key, value in on["losses"].items():
-        assert value == pytest.approx(off["losses"][key], rel=loss_rtol, abs=1e-6), key
+        assert value == pytest.approx(off["losses"][key], rel=loss_rtol, abs=loss_atol), key
     for name, grad in on["grads"].items():
         error = (grad - off["grads"][name]).norm().item()
         assert error <= grad_rtol * off["grads"][name].norm().item() + 1e-7, (name, error)
@@ -71,10 +75,15 @@ def test_cache_gives_the_same_update_on_cuda(ptms, no_tf32):
 
 @pytest.mark.parametrize("ptms", [HYBRID, ALL_FROZEN], ids=["hybrid", "all_frozen"])
 def test_cache_gives_a_close_update_under_bf16(ptms):
-    """bf16 backbones round differently at the rollout's batch size and the minibatch's, so: close, not equal."""
-    bf16 = {"gpu": {"amp": "bf16", "channels_last": True}}
+    """bf16 backbones round differently at the rollout's batch size and the minibatch's, so: close, not equal.
+    Even the rollout's log-probs differ in the last bits (3e-5 seen on an H200), the chosen nodes do not. The KL
+    estimates are differences of two log-prob evaluations (about 0.008 here), so a relative bound amplifies that
+    rounding (3.5% seen): the losses also pass within 1e-3 absolute. One minibatch, one epoch: the gradient
+    before any optimizer step, since Adam turns tiny gradient differences into lr-sized weight differences (after 3
+    steps at lr 1e-3 the trainable ResNet's first conv gradient differed by 32% of its norm, seen on an H200)."""
+    bf16 = {"gpu": {"amp": "bf16", "channels_last": True}, "minibatches": 1, "epochs": 1}
     on, off = one_iteration(ptms, True, "cuda", **bf16), one_iteration(ptms, False, "cuda", **bf16)
-    assert_close_update(on, off, loss_rtol=0.02, grad_rtol=0.05)
+    assert_close_update(on, off, loss_rtol=0.02, grad_rtol=0.05, rollout_rtol=1e-3, loss_atol=1e-3)
 
 
 def test_compiled_cnn_bodies_train_on_cuda(tmp_path: Path):

@@ -127,3 +127,33 @@ def test_checkpointing_leaves_gradients_unchanged_in_the_bench_probe(tmp_path: P
     weights, _ = bench.weights_dir_for("synthetic", str(tmp_path))
     extra = [f"paths.weights_dir={weights}"]
     assert bench.checkpoint_gradient_diff([*off, *extra], [*on, *extra], "cpu", str(tmp_path)) <= 1e-6
+
+
+def test_coverage_gap_best_radius_is_the_best_one_step_reward():
+    """`benchmarks/coverage_gap.py`'s radius rule agrees with the env's reward: no radius does better at that site."""
+    from benchmarks.coverage_gap import RADII, best_radius
+
+    def env() -> CoverageEnv:
+        made = CoverageEnv(num_envs=4, num_nodes=20, num_sites=3, knn_k=4, image_size=16, seed=0)
+        made.reset(seed=3)
+        return made
+
+    node = torch.tensor([0, 5, 11, 19])
+    probe = env()
+    best = best_radius(probe, node)
+    _, best_reward, *_ = probe.step(node, best[:, None])
+    for radius in RADII[::10]:
+        _, reward, *_ = env().step(node, radius.expand(4, 1))
+        assert bool((best_reward >= reward - 1e-6).all()), float(radius)
+
+
+def test_coverage_gap_replays_the_runs_final_evaluation(tmp_path: Path):
+    """Its `agent` play is the run's own final evaluation (same return); greedy is 1.0 of itself."""
+    from benchmarks.coverage_gap import measure
+    from test_train import run
+
+    summary, out = run(tmp_path, "run")
+    row = measure(out)
+    assert row["returns"]["agent"] == pytest.approx(summary["eval/return"], rel=1e-6)
+    assert row["greedy_ratio"]["greedy"] == 1.0 and 0.0 <= row["greedy_site_share"] <= 1.0
+    assert row["returns"]["agent_nodes_best_radius"] > 0 and row["arm"] == summary["name"]

@@ -33,8 +33,7 @@ from torch import Tensor
 
 from wsa_lab.build import close_env, make_env
 from wsa_lab.envs import CoverageEnv
-from wsa_lab.envs.geometry import uncovered_within
-from wsa_lab.envs.policies import greedy_action
+from wsa_lab.envs.policies import greedy_action, one_step_rewards
 from wsa_lab.evaluate import find_runs, load_run
 from wsa_lab.models import ActorCritic
 from wsa_lab.rl.evaluation import play
@@ -46,11 +45,9 @@ RADII = torch.linspace(0.0, 1.0, 101)
 def best_radius(env: CoverageEnv, node: Tensor) -> Tensor:
     """The action radius in :data:`RADII` with the largest reward this step at site `node` of each env. Shapes:
     node ``[B]`` long -> ``[B]``."""
-    r = env.physical_radius(RADII.to(env.device))
-    r_sq = r * r  # the float op the env's coverage uses
-    gain = uncovered_within(env.pos, env.demand * (~env.covered).float(), r_sq)  # [B, N, R]
-    reward = gain[torch.arange(env.num_envs, device=env.device), node] - env.cost * r_sq
-    return RADII.to(env.device)[reward.argmax(dim=1)]
+    radii = RADII.to(env.device)
+    reward = one_step_rewards(env, radii)[torch.arange(env.num_envs, device=env.device), node]  # [B, R]
+    return radii[reward.argmax(dim=1)]
 
 
 class BestRadius:

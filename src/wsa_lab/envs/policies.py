@@ -60,11 +60,24 @@ def random_action(env: CoverageState, generator: torch.Generator) -> tuple[Tenso
     return node, radius
 
 
-def greedy_action(env: CoverageState, radius_grid: int = 11) -> tuple[Tensor, Tensor]:
-    """Action with the best immediate reward over unmasked sites x ``linspace(0, 1, radius_grid)``.
+def one_step_rewards(env: CoverageState, grid: Tensor) -> Tensor:
+    """This step's reward for opening each site with each action radius of `grid`: newly covered demand minus
+    ``cost * r^2``. Gains come from :func:`uncovered_within` (chunked: bounded memory for large N). Masked sites
+    are not excluded.
 
-    Gains come from :func:`uncovered_within` (chunked: bounded memory for large N). Ties go to the lowest site
-    index, then the lowest radius.
+    Shapes:
+        - input: grid ``[R]`` action radii in ``[0, 1]``, on ``env.device``
+        - output: ``[B, N, R]``
+    """
+    r = env.physical_radius(grid)  # [R], non-decreasing
+    r_sq = r * r  # the same float op as within_radius, so coverage decisions match the env
+    uncovered = env.demand * (~env.covered).float()  # [B, N]
+    return uncovered_within(env.pos, uncovered, r_sq) - env.cost * r_sq
+
+
+def greedy_action(env: CoverageState, radius_grid: int = 11) -> tuple[Tensor, Tensor]:
+    """Action with the best immediate reward (:func:`one_step_rewards`) over unmasked sites x
+    ``linspace(0, 1, radius_grid)``. Ties go to the lowest site index, then the lowest radius.
 
     Shapes:
         - output: node ``[B]`` long, radius ``[B]`` float32 (action radius in ``[0, 1]``)
@@ -72,16 +85,8 @@ def greedy_action(env: CoverageState, radius_grid: int = 11) -> tuple[Tensor, Te
     if radius_grid < 1:
         raise ValueError(f"radius_grid must be >= 1, got {radius_grid}")
     B, N, R = env.num_envs, env.num_nodes, radius_grid
-    device = env.device
-    grid = torch.linspace(0.0, 1.0, R, device=device)
-    r = env.physical_radius(grid)  # [R], non-decreasing
-    r_sq = r * r  # the same float op as within_radius, so coverage decisions match the env
-    penalty = env.cost * r_sq  # [R]
-    uncovered = env.demand * (~env.covered).float()  # [B, N]
-    mask = env.action_mask
-
-    gain = uncovered_within(env.pos, uncovered, r_sq)  # [B, N, R]
-    score = (gain - penalty).masked_fill(~mask[:, :, None], -float("inf"))
+    grid = torch.linspace(0.0, 1.0, R, device=env.device)
+    score = one_step_rewards(env, grid).masked_fill(~env.action_mask[:, :, None], -float("inf"))
     # max returns the first maximum: lowest site, then lowest radius.
     best_flat = score.reshape(B, N * R).argmax(dim=1)
     return best_flat // R, grid[best_flat % R]
